@@ -1,0 +1,217 @@
+"""isolateNetwork: pod-precise quarantine with a NetworkPolicy.
+
+The target pods get a quarantine label naming the incident, and one NetworkPolicy
+selecting that label denies all ingress and egress except what the playbook
+allows (DNS to the cluster DNS service; ingress from a forensics namespace). The
+policy is created *before* the pods are labelled, so a pod is never labelled and
+unprotected.
+
+NetworkPolicies are additive: a deny-all cannot cancel another policy's allow. The
+step therefore looks for other policies that select the quarantined pods and allow
+traffic, and records each as a warning for a person to act on.
+
+``detach`` takes a pod out of its ReplicaSet's selector: the controller starts a
+replacement while the quarantined pod stays for forensics. Revert restores the
+labels, and the controller scales back to the desired count by itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ..api import ActionName
+from ..kube import create, delete, raw, read_raw
+from ..selectors import selects
+from .base import Action, ActionContext, Applied, Params, Prepared, ref
+from .workloads import Obj, controller_of, read_object, target_pods
+
+QUARANTINE_LABEL = "firebreak.dev/quarantine"
+DETACHED_SUFFIX = "-quarantined"
+
+
+class IsolateNetworkParams(Params):
+    scope: Literal["pod", "workload"] = Field(
+        default="pod",
+        description="pod: only the target pod; workload: every replica of its workload.")
+    allow_dns: bool = Field(default=True, alias="allowDNS",
+                            description="Allow egress to the cluster DNS service.")
+    dns_namespace: str = Field(default="kube-system", alias="dnsNamespace")
+    dns_selector: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"},
+                                         alias="dnsSelector")
+    forensics_namespace: str | None = Field(
+        default=None, alias="forensicsNamespace",
+        description="Allow ingress from pods in this namespace (for investigators' tools).")
+    detach: bool = Field(
+        default=False,
+        description="Take the pods out of their ReplicaSet so a replacement starts.")
+
+
+def policy_name(ctx: ActionContext) -> str:
+    return f"firebreak-quarantine-{ctx.incident.key}"
+
+
+def build_isolation_policy(
+    name: str, namespace: str, quarantine_value: str, params: IsolateNetworkParams,
+    labels: dict[str, str],
+) -> dict[str, Any]:
+    """The NetworkPolicy that cuts quarantined pods off, but for the allowances."""
+    ingress: list[dict[str, Any]] = []
+    if params.forensics_namespace:
+        ingress.append({"from": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": params.forensics_namespace}}}]})
+    egress: list[dict[str, Any]] = []
+    if params.allow_dns:
+        egress.append({
+            "to": [{
+                "namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": params.dns_namespace}},
+                "podSelector": {"matchLabels": dict(params.dns_selector)},
+            }],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        })
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "podSelector": {"matchLabels": {QUARANTINE_LABEL: quarantine_value}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
+        },
+    }
+
+
+def permissive_overlaps(
+    policies: list[Obj], pods: dict[str, dict[str, str]], own_policy: str
+) -> list[str]:
+    """Warnings for other policies that select a quarantined pod and allow traffic.
+
+    ``pods`` maps pod name to its labels once quarantined.
+    """
+    warnings = []
+    for policy in policies:
+        name = policy["metadata"]["name"]
+        if name == own_policy:
+            continue
+        spec = policy.get("spec", {})
+        types = spec.get("policyTypes") or ["Ingress"]
+        allows = [t for t in ("Ingress", "Egress")
+                  if t in types and spec.get(t.lower())]
+        if not allows:
+            continue
+        selected = sorted(p for p, labels in pods.items()
+                          if selects(spec.get("podSelector") or {}, labels))
+        if selected:
+            warnings.append(
+                f"NetworkPolicy {name} also selects {', '.join(selected)} and allows "
+                f"{' and '.join(a.lower() for a in allows)}; policies are additive, so the "
+                f"quarantine does not block that traffic"
+            )
+    return warnings
+
+
+def _detach_labels(pod: Obj, owner_selector: dict[str, Any]) -> dict[str, str]:
+    """Label changes that take the pod out of its ReplicaSet's selector."""
+    labels = pod["metadata"].get("labels") or {}
+    changes = {}
+    for key, value in (owner_selector.get("matchLabels") or {}).items():
+        if labels.get(key) == value:
+            changes[key] = f"{value}{DETACHED_SUFFIX}"[:63]
+            break
+    return changes
+
+
+class IsolateNetwork(Action):
+    name = ActionName.isolate_network
+    params_model = IsolateNetworkParams
+
+    def prepare(self, ctx: ActionContext, params: IsolateNetworkParams) -> Prepared:
+        pods = target_pods(ctx.kube, ctx.target, params.scope)
+        namespace = pods[0]["metadata"]["namespace"] if pods else ctx.target.namespace
+        record_pods: list[dict[str, Any]] = []
+        for pod in pods:
+            entry: dict[str, Any] = {"name": pod["metadata"]["name"],
+                                     "uid": pod["metadata"]["uid"]}
+            owner = controller_of(pod)
+            if params.detach and owner is not None and owner["kind"] == "ReplicaSet":
+                rs = read_object(ctx.kube, "ReplicaSet", namespace, owner["name"])
+                if rs is not None:
+                    changes = _detach_labels(pod, rs["spec"].get("selector") or {})
+                    entry["detach"] = {k: (pod["metadata"]["labels"][k], v)
+                                       for k, v in changes.items()}
+            record_pods.append(entry)
+
+        policy = policy_name(ctx)
+        after = {}
+        for pod, entry in zip(pods, record_pods, strict=True):
+            labels = dict(pod["metadata"].get("labels") or {})
+            labels.update({k: new for k, (_, new) in entry.get("detach", {}).items()})
+            labels[QUARANTINE_LABEL] = ctx.incident.key
+            after[entry["name"]] = labels
+        others = raw(ctx.kube.networking.list_namespaced_network_policy, namespace)["items"]
+        warnings = permissive_overlaps(others, after, policy)
+
+        allowances = []
+        if params.allow_dns:
+            allowances.append("DNS egress")
+        if params.forensics_namespace:
+            allowances.append(f"ingress from namespace {params.forensics_namespace}")
+        names = ", ".join(e["name"] for e in record_pods) or "no pods"
+        message = (
+            f"quarantine {names} with NetworkPolicy {namespace}/{policy} denying all traffic"
+            + (f" except {' and '.join(allowances)}" if allowances else "")
+            + ("; detach from ReplicaSet" if params.detach else "")
+        )
+        return Prepared(
+            message=message,
+            objects=[ref("NetworkPolicy", policy, namespace)]
+            + [ref("Pod", e["name"], namespace) for e in record_pods],
+            record={"namespace": namespace, "policy": policy, "pods": record_pods},
+            warnings=warnings,
+        )
+
+    def apply(self, ctx: ActionContext, params: IsolateNetworkParams,
+              record: dict[str, Any]) -> Applied:
+        namespace = record["namespace"]
+        body = build_isolation_policy(record["policy"], namespace, ctx.incident.key, params,
+                                      ctx.managed_labels())
+        create(ctx.kube.networking.create_namespaced_network_policy, namespace, body)
+        labelled, gone = [], []
+        for entry in record["pods"]:
+            current = read_raw(ctx.kube.core.read_namespaced_pod, entry["name"], namespace)
+            if current is None or current["metadata"]["uid"] != entry["uid"]:
+                gone.append(entry["name"])
+                continue
+            labels = {QUARANTINE_LABEL: ctx.incident.key}
+            labels.update({k: new for k, (_, new) in entry.get("detach", {}).items()})
+            if any((current["metadata"].get("labels") or {}).get(k) != v
+                   for k, v in labels.items()):
+                raw(ctx.kube.core.patch_namespaced_pod, entry["name"], namespace,
+                    {"metadata": {"labels": labels}})
+            labelled.append(entry["name"])
+        message = (f"NetworkPolicy {namespace}/{record['policy']} isolates "
+                   f"{', '.join(labelled) or 'no pods'}")
+        if gone:
+            message += f"; gone before labelling: {', '.join(gone)}"
+        return Applied(message=message, record=record)
+
+    def revert(self, ctx: ActionContext, record: dict[str, Any]) -> str:
+        namespace = record["namespace"]
+        released = []
+        for entry in record["pods"]:
+            current = read_raw(ctx.kube.core.read_namespaced_pod, entry["name"], namespace)
+            if current is None or current["metadata"]["uid"] != entry["uid"]:
+                continue
+            labels: dict[str, str | None] = {QUARANTINE_LABEL: None}
+            labels.update({k: old for k, (old, _) in entry.get("detach", {}).items()})
+            existing = current["metadata"].get("labels") or {}
+            if any(existing.get(k) != v for k, v in labels.items()):
+                raw(ctx.kube.core.patch_namespaced_pod, entry["name"], namespace,
+                    {"metadata": {"labels": labels}})
+            released.append(entry["name"])
+        delete(ctx.kube.networking.delete_namespaced_network_policy, record["policy"], namespace)
+        return (f"removed NetworkPolicy {namespace}/{record['policy']}; released "
+                f"{', '.join(released) or 'no pods (all gone)'}")

@@ -1,0 +1,83 @@
+"""scaleDown: scale a Deployment or StatefulSet through its ``scale`` subresource.
+
+The replica count before the change is recorded before anything is written, so a
+revert (or a restart halfway) restores the count people had, not the one we set.
+A revert leaves the workload alone if someone changed its scale in the meantime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import Field
+
+from ..api import ActionName, TargetKind
+from ..kube import raw, read_raw
+from .base import Action, ActionContext, ActionRefused, Applied, Params, Prepared, ref
+from .workloads import top_workload
+
+SCALABLE = ("Deployment", "StatefulSet")
+
+
+class ScaleDownParams(Params):
+    replicas: int = Field(default=0, ge=0, description="The replica count to scale to.")
+
+
+def _scale_api(ctx: ActionContext, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    apps = ctx.kube.apps
+    if kind == "Deployment":
+        return apps.read_namespaced_deployment_scale, apps.patch_namespaced_deployment_scale
+    return apps.read_namespaced_stateful_set_scale, apps.patch_namespaced_stateful_set_scale
+
+
+class ScaleDown(Action):
+    name = ActionName.scale_down
+    params_model = ScaleDownParams
+
+    def prepare(self, ctx: ActionContext, params: ScaleDownParams) -> Prepared:
+        if ctx.target.kind is TargetKind.node:
+            raise ActionRefused("scaleDown needs a workload or pod target, not a Node")
+        workload = top_workload(ctx.kube, ctx.target)
+        if workload is None or workload["kind"] not in SCALABLE:
+            found = workload["kind"] if workload else "no controller"
+            raise ActionRefused(
+                f"{ctx.target.kind.value} {ctx.target.name} is managed by {found}; "
+                f"scaleDown acts on a Deployment or StatefulSet")
+        kind, meta = workload["kind"], workload["metadata"]
+        read_scale, _ = _scale_api(ctx, kind)
+        current = raw(read_scale, meta["name"], meta["namespace"])["spec"].get("replicas", 0)
+        return Prepared(
+            message=f"scale {kind} {meta['namespace']}/{meta['name']} from {current} "
+                    f"to {params.replicas} replicas",
+            objects=[ref(kind, meta["name"], meta["namespace"])],
+            record={"kind": kind, "namespace": meta["namespace"], "name": meta["name"],
+                    "previousReplicas": current, "replicas": params.replicas},
+        )
+
+    def apply(self, ctx: ActionContext, params: ScaleDownParams,
+              record: dict[str, Any]) -> Applied:
+        read_scale, patch_scale = _scale_api(ctx, record["kind"])
+        name, namespace = record["name"], record["namespace"]
+        if raw(read_scale, name, namespace)["spec"].get("replicas", 0) != record["replicas"]:
+            raw(patch_scale, name, namespace, {"spec": {"replicas": record["replicas"]}})
+        return Applied(
+            message=f"scaled {record['kind']} {namespace}/{name} from "
+                    f"{record['previousReplicas']} to {record['replicas']}",
+            record=record)
+
+    def revert(self, ctx: ActionContext, record: dict[str, Any]) -> str:
+        read_scale, patch_scale = _scale_api(ctx, record["kind"])
+        name, namespace = record["name"], record["namespace"]
+        where = f"{record['kind']} {namespace}/{name}"
+        scale = read_raw(read_scale, name, namespace)
+        if scale is None:
+            return f"{where} no longer exists; nothing to restore"
+        current = scale["spec"].get("replicas", 0)
+        if current == record["previousReplicas"]:
+            return f"{where} already at {current} replicas"
+        if current != record["replicas"]:
+            return (f"left {where} at {current} replicas: changed by someone else since the "
+                    f"scale-down to {record['replicas']}")
+        raw(patch_scale, name, namespace, {"spec": {"replicas": record["previousReplicas"]}})
+        return f"restored {where} to {record['previousReplicas']} replicas"

@@ -1,0 +1,112 @@
+"""Finding what a target stands for: its pods, its owners, the workload at the top.
+
+A signal usually names a pod; playbooks often act on the workload that owns it
+(ReplicaSet -> Deployment). Objects are handled as the API's JSON (dicts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..api import Target, TargetKind
+from ..kube import Kube, raw, read_raw
+from ..selectors import to_query
+from .base import ActionRefused
+
+Obj = dict[str, Any]
+
+
+def _reader(kube: Kube, kind: str) -> Callable[..., Any] | None:
+    return {
+        "Pod": kube.core.read_namespaced_pod,
+        "Deployment": kube.apps.read_namespaced_deployment,
+        "StatefulSet": kube.apps.read_namespaced_stateful_set,
+        "DaemonSet": kube.apps.read_namespaced_daemon_set,
+        "ReplicaSet": kube.apps.read_namespaced_replica_set,
+        "Job": kube.batch.read_namespaced_job,
+    }.get(kind)
+
+
+def read_object(kube: Kube, kind: str, namespace: str | None, name: str) -> Obj | None:
+    if kind == "Node":
+        return read_raw(kube.core.read_node, name)
+    reader = _reader(kube, kind)
+    if reader is None or namespace is None:
+        return None
+    return read_raw(reader, name, namespace)
+
+
+def read_target(kube: Kube, target: Target) -> Obj:
+    obj = read_object(kube, target.kind.value, target.namespace, target.name)
+    if obj is None:
+        where = f" in namespace {target.namespace}" if target.namespace else ""
+        raise ActionRefused(f"{target.kind.value} {target.name}{where} does not exist")
+    return obj
+
+
+def controller_of(obj: Obj) -> Obj | None:
+    """The ownerReference marked as controller, if any."""
+    for owner in obj.get("metadata", {}).get("ownerReferences") or ():
+        if owner.get("controller"):
+            return owner  # type: ignore[no-any-return]
+    return None
+
+
+def owner_chain(kube: Kube, obj: Obj) -> list[Obj]:
+    """The controllers above ``obj``, nearest first (Pod -> ReplicaSet -> Deployment)."""
+    chain: list[Obj] = []
+    namespace = obj["metadata"].get("namespace")
+    current = obj
+    while (owner := controller_of(current)) is not None and len(chain) < 5:
+        parent = read_object(kube, owner["kind"], namespace, owner["name"])
+        if parent is None:
+            break
+        chain.append(parent)
+        current = parent
+    return chain
+
+
+def top_workload(kube: Kube, target: Target) -> Obj | None:
+    """The workload that manages the target: itself for a workload, else its top owner."""
+    obj = read_target(kube, target)
+    if target.kind is TargetKind.node:
+        return None
+    if target.kind is not TargetKind.pod:
+        return obj
+    chain = owner_chain(kube, obj)
+    return chain[-1] if chain else None
+
+
+def pods_of(kube: Kube, workload: Obj) -> list[Obj]:
+    """Pods selected by a workload's selector (and not being deleted)."""
+    selector = to_query(workload.get("spec", {}).get("selector"))
+    if not selector:
+        return []
+    namespace = workload["metadata"]["namespace"]
+    items = raw(kube.core.list_namespaced_pod, namespace, label_selector=selector)["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def target_pods(kube: Kube, target: Target, scope: str) -> list[Obj]:
+    """The pods a step acts on: the target pod alone (``pod``) or every replica of the
+    workload it belongs to (``workload``)."""
+    if target.kind is TargetKind.node:
+        raise ActionRefused("the target is a Node; this step acts on pods")
+    obj = read_target(kube, target)
+    if target.kind is TargetKind.pod:
+        if scope == "pod":
+            return [obj]
+        workload = top_workload(kube, target)
+        return pods_of(kube, workload) if workload is not None else [obj]
+    if scope == "pod":
+        raise ActionRefused(
+            f"the target is a {target.kind.value}, not a pod: use scope 'workload' to act "
+            f"on all of its replicas, or target the offending pod"
+        )
+    return pods_of(kube, obj)
+
+
+def is_ready(pod: Obj) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or ()
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)

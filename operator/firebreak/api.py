@@ -1,0 +1,356 @@
+"""The Firebreak API (group ``firebreak.dev``, version ``v1alpha1``) as pydantic models.
+
+These models and the CRDs in ``crds/`` describe the same objects; a unit test walks
+both and fails when they disagree. Field names are the API's (camelCase) through
+aliases; Python code uses snake_case.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "firebreak.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+INCIDENT_PLURAL = "securityincidents"
+PLAYBOOK_PLURAL = "responseplaybooks"
+
+
+class Model(BaseModel):
+    """Base for API models: camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    def to_api(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Severity(StrEnum):
+    info = "info"
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(Severity).index(self)
+
+
+class Source(StrEnum):
+    alertmanager = "alertmanager"
+    prometheus = "prometheus"
+    trivy = "trivy"
+    falco = "falco"
+    manual = "manual"
+
+
+class ActionName(StrEnum):
+    isolate_network = "isolateNetwork"
+    cordon_node = "cordonNode"
+    scale_down = "scaleDown"
+    snapshot = "snapshot"
+    label = "label"
+    delete_pod = "deletePod"
+
+
+class TargetKind(StrEnum):
+    pod = "Pod"
+    deployment = "Deployment"
+    stateful_set = "StatefulSet"
+    daemon_set = "DaemonSet"
+    replica_set = "ReplicaSet"
+    job = "Job"
+    node = "Node"
+
+
+# --- ResponsePlaybook -----------------------------------------------------------
+
+
+class LabelSelectorRequirement(Model):
+    """A label selector requirement (as in metav1.LabelSelectorRequirement)."""
+
+    key: str = Field(description="The label key the requirement applies to.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="How the key relates to the values.")
+    values: list[str] | None = Field(
+        default=None, description="Values for In and NotIn; empty for Exists and DoesNotExist.")
+
+
+class LabelSelector(Model):
+    """Selects by labels, as in metav1.LabelSelector."""
+
+    match_labels: dict[str, str] | None = Field(
+        default=None, description="Labels that must all be present with these values.")
+    match_expressions: list[LabelSelectorRequirement] | None = Field(
+        default=None, description="Requirements that must all hold.")
+
+
+class PlaybookMatch(Model):
+    """Which incidents a playbook answers. Every field given must match; an empty match
+    answers every incident it is allowed to see."""
+
+    sources: list[Source] | None = Field(
+        default=None, description="Signal sources answered; all when empty.")
+    severity: Severity | None = Field(
+        default=None, description="Minimum severity answered (this one and above).")
+    alert_names: list[str] | None = Field(
+        default=None, description="Alert or rule names answered (spec.alertName of the incident).")
+    label_selector: LabelSelector | None = Field(
+        default=None, description="Selector over the incident's spec.labels.")
+    namespaces: list[str] | None = Field(
+        default=None, description="Target namespaces answered; all permitted ones when empty.")
+
+
+class OnFailure(StrEnum):
+    abort = "abort"
+    continue_ = "continue"
+
+
+class PlaybookStep(Model):
+    """One step of a playbook: an action with its parameters."""
+
+    name: str = Field(description="Unique name of the step within the playbook.",
+                      min_length=1, max_length=63)
+    action: ActionName = Field(description="The action to run.")
+    params: dict[str, Any] | None = Field(
+        default=None, description="Parameters of the action; see the action's documentation.")
+    on_failure: OnFailure = Field(
+        default=OnFailure.abort,
+        description="abort stops the playbook at a failed step; continue goes on to the next.")
+
+
+class PlaybookMode(StrEnum):
+    enforce = "enforce"
+    dry_run = "dryRun"
+
+
+class ApprovalPolicy(StrEnum):
+    automatic = "automatic"
+    manual = "manual"
+
+
+class ApprovalTimeoutAction(StrEnum):
+    reject = "reject"
+    approve = "approve"
+
+
+class PlaybookApproval(Model):
+    """Whether a person must approve before any step runs."""
+
+    policy: ApprovalPolicy = Field(
+        default=ApprovalPolicy.automatic,
+        description="automatic runs the steps at once; manual waits for spec.approval on the incident.")
+    timeout_seconds: int = Field(
+        default=3600, ge=1, description="How long to wait for a decision under the manual policy.")
+    on_timeout: ApprovalTimeoutAction = Field(
+        default=ApprovalTimeoutAction.reject,
+        description="What happens when nobody decided in time.")
+
+
+class ReleasePolicy(StrEnum):
+    manual = "manual"
+    on_signal_resolved = "onSignalResolved"
+
+
+class ResponsePlaybookSpec(Model):
+    """How to answer the incidents a playbook matches."""
+
+    match: PlaybookMatch = Field(
+        default_factory=PlaybookMatch, description="Which incidents this playbook answers.")
+    priority: int = Field(
+        default=0, description="Among matching playbooks the highest priority wins; ties by name.")
+    mode: PlaybookMode = Field(
+        default=PlaybookMode.enforce,
+        description="enforce runs the steps; dryRun records the plan and changes nothing.")
+    approval: PlaybookApproval = Field(
+        default_factory=PlaybookApproval, description="Whether a person must approve first.")
+    release: ReleasePolicy = Field(
+        default=ReleasePolicy.manual,
+        description="How containment ends: manual (spec.resolution) or when the signal resolves.")
+    steps: list[PlaybookStep] = Field(
+        description="The steps, run in order.", min_length=1, max_length=32)
+
+
+# --- SecurityIncident -------------------------------------------------------------
+
+
+class Target(Model):
+    """The object an incident is about."""
+
+    kind: TargetKind = Field(description="Kind of the target object.")
+    namespace: str | None = Field(
+        default=None, description="Namespace of the target; empty for a Node.")
+    name: str = Field(description="Name of the target object.", min_length=1)
+
+    @model_validator(mode="after")
+    def _namespace_matches_kind(self) -> Target:
+        # The same rules as the CRD's CEL validations.
+        if self.kind is TargetKind.node and self.namespace:
+            raise ValueError("a Node target has no namespace")
+        if self.kind is not TargetKind.node and not self.namespace:
+            raise ValueError(f"a {self.kind.value} target needs a namespace")
+        return self
+
+
+class ObjectRef(Model):
+    """A reference to a namespaced object of a known kind."""
+
+    name: str = Field(description="Name of the object.")
+    namespace: str | None = Field(default=None, description="Namespace of the object.")
+
+
+class ApprovalDecision(StrEnum):
+    approve = "approve"
+    reject = "reject"
+
+
+class Approval(Model):
+    """A person's decision on a playbook that asks for approval."""
+
+    decision: ApprovalDecision = Field(description="approve runs the steps; reject runs none.")
+    by: str | None = Field(default=None, description="Who decided.")
+    reason: str | None = Field(default=None, description="Why.")
+
+
+class Resolution(Model):
+    """Ends the incident: every applied, revertible step is reverted."""
+
+    reason: str = Field(description="Why the incident is over.", min_length=1)
+    by: str | None = Field(default=None, description="Who (or what) resolved it.")
+
+
+class SecurityIncidentSpec(Model):
+    """The signal that raised the incident and what people decided about it."""
+
+    source: Source = Field(description="The system that raised the signal.")
+    fingerprint: str | None = Field(
+        default=None, description="Stable identity of the signal, used to deduplicate.")
+    severity: Severity = Field(description="How bad it is.")
+    title: str = Field(description="One-line summary.", min_length=1)
+    description: str | None = Field(default=None, description="Details from the source.")
+    alert_name: str | None = Field(
+        default=None, description="Alert or rule name of the signal (matched by playbooks).")
+    target: Target | None = Field(default=None, description="The object the incident is about.")
+    labels: dict[str, str] | None = Field(
+        default=None, description="Labels of the signal (matched by playbook label selectors).")
+    playbook_ref: ObjectRef | None = Field(
+        default=None, description="Use this playbook instead of matching one.")
+    approval: Approval | None = Field(
+        default=None, description="Decision on a playbook that needs approval.")
+    resolution: Resolution | None = Field(
+        default=None, description="Set to end the incident and revert what can be reverted.")
+
+
+class ConditionStatus(StrEnum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(Model):
+    """A Kubernetes API convention condition."""
+
+    type: str = Field(description="Type of condition in CamelCase.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: AwareDatetime = Field(
+        description="When the status last changed.")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation the condition was computed from.")
+
+
+class Phase(StrEnum):
+    pending = "Pending"
+    triaging = "Triaging"
+    awaiting_approval = "AwaitingApproval"
+    containing = "Containing"
+    contained = "Contained"
+    recovering = "Recovering"
+    resolved = "Resolved"
+    failed = "Failed"
+    suppressed = "Suppressed"
+
+
+class StepState(StrEnum):
+    pending = "Pending"
+    running = "Running"
+    applied = "Applied"
+    planned = "Planned"
+    refused = "Refused"
+    failed = "Failed"
+    skipped = "Skipped"
+    reverting = "Reverting"
+    reverted = "Reverted"
+    revert_failed = "RevertFailed"
+
+
+class ObjectReference(Model):
+    """An object a step acted on (or would act on)."""
+
+    kind: str = Field(description="Kind of the object.")
+    namespace: str | None = Field(default=None, description="Namespace of the object.")
+    name: str = Field(description="Name of the object.")
+
+
+class ActionStatus(Model):
+    """The state of one playbook step on this incident."""
+
+    step: str = Field(description="Name of the step in the playbook.")
+    action: ActionName = Field(description="The action of the step.")
+    state: StepState = Field(description="Where the step is.")
+    params: dict[str, Any] | None = Field(
+        default=None, description="The step's parameters, as the playbook gave them at triage.")
+    on_failure: OnFailure = Field(
+        default=OnFailure.abort, description="What a failure of this step does to the rest.")
+    started_at: AwareDatetime | None = Field(default=None, description="When the step started.")
+    finished_at: AwareDatetime | None = Field(default=None, description="When the step finished.")
+    message: str | None = Field(default=None, description="What happened, or would happen.")
+    objects: list[ObjectReference] | None = Field(
+        default=None, description="Objects the step acted on (or would act on).")
+    warnings: list[str] | None = Field(
+        default=None, description="Things a person should know, such as other policies that "
+                                  "still allow traffic to quarantined pods.")
+    revert: dict[str, Any] | None = Field(
+        default=None, description="What the step recorded to undo itself; absent when it "
+                                  "cannot be undone.")
+
+
+class TimelineEntry(Model):
+    """One event in the incident's history."""
+
+    time: AwareDatetime = Field(description="When it happened.")
+    reason: str = Field(description="CamelCase reason, as on the matching Kubernetes Event.")
+    message: str = Field(description="What happened.")
+
+
+class SecurityIncidentStatus(Model):
+    """What Firebreak observed and did."""
+
+    phase: Phase | None = Field(
+        default=None, description="Summary for display, derived from the conditions.")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation last reconciled.")
+    conditions: list[Condition] | None = Field(
+        default=None, description="Triaged, Approved, Contained, Resolved.")
+    playbook: ObjectRef | None = Field(default=None, description="The playbook answering.")
+    mode: PlaybookMode | None = Field(
+        default=None, description="The mode of the playbook when it was chosen.")
+    actions: list[ActionStatus] | None = Field(
+        default=None, description="Every step of the playbook and its state, in order.")
+    timeline: list[TimelineEntry] | None = Field(default=None, description="History, oldest first.")
+    signal_count: int | None = Field(default=None, description="How many times the signal arrived.")
+    first_seen: AwareDatetime | None = Field(default=None, description="First arrival of the signal.")
+    last_seen: AwareDatetime | None = Field(default=None, description="Latest arrival of the signal.")
+    time_to_contain_seconds: float | None = Field(
+        default=None, description="Seconds from the first signal until every step was applied.")

@@ -1,0 +1,490 @@
+"""The incident reconciler: gather, decide, act, one step at a time.
+
+Kopf calls ``Engine.reconcile`` on every change to an incident's spec and on
+start-up. Each call reads the incident afresh, then moves it on as far as it can:
+
+    triage (choose a playbook, plan) -> approval -> steps in order -> Contained
+    spec.resolution set                -> revert applied steps in reverse -> Resolved
+
+Every state change is written to the status subresource *before* the next step
+starts, so a restart (even after SIGKILL) resumes from the record: a step found
+``Running`` is applied again from its recorded decision (actions are idempotent),
+and a step found ``Applied`` is never applied again.
+
+Temporary API failures surface as ``RetryLater``; Kopf retries the handler after
+the delay. Permanent ones are written to status with the API server's message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from pydantic import ValidationError
+
+from . import conditions as c
+from .actions.base import Action, ActionContext, ActionRefused, IncidentRef
+from .api import (
+    GROUP,
+    INCIDENT_PLURAL,
+    VERSION,
+    ActionName,
+    ActionStatus,
+    ApprovalDecision,
+    ApprovalPolicy,
+    ApprovalTimeoutAction,
+    ConditionStatus,
+    ObjectRef,
+    OnFailure,
+    PlaybookMode,
+    SecurityIncidentSpec,
+    SecurityIncidentStatus,
+    StepState,
+    TimelineEntry,
+)
+from .config import OperatorConfig
+from .guardrails import check_step, check_target
+from .kube import Kube, PermanentApiError, TemporaryApiError, call
+from .matching import PlaybookCandidate, allowed, select_playbook
+from .planning import PlanError, plan
+
+log = logging.getLogger(__name__)
+
+TIMELINE_LIMIT = 100
+APPROVAL_POLL_SECONDS = 10.0
+DONE = {StepState.applied, StepState.refused, StepState.failed, StepState.skipped,
+        StepState.planned}
+UNDOABLE = {StepState.applied, StepState.running, StepState.reverting, StepState.revert_failed}
+EventSink = Callable[[dict[str, Any], str, str, str, dt.datetime], None]
+
+
+class RetryLater(Exception):
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+@dataclass
+class Engine:
+    kube: Kube
+    config: OperatorConfig
+    actions: Mapping[ActionName, Action]
+    emit: EventSink
+    clock: Callable[[], dt.datetime] = utcnow
+
+    def read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body = cast(dict[str, Any], call(self.kube.custom.get_namespaced_custom_object,
+                                             GROUP, VERSION, namespace, INCIDENT_PLURAL, name))
+        except PermanentApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return body
+
+    def reconcile(self, namespace: str, name: str,
+                  playbooks: Iterable[PlaybookCandidate]) -> None:
+        body = self.read(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        run = Run(self, body)
+        try:
+            run.advance(list(playbooks))
+        except TemporaryApiError as exc:
+            run.persist()
+            raise RetryLater(f"API server busy or unreachable: {exc}", delay=5.0) from exc
+
+    def release(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """The incident is being deleted: undo what it applied (nothing else records it)."""
+        run = Run(self, self.read(namespace, name) or body)
+        try:
+            run.revert_all(reason="the incident was deleted", persist=False)
+        except TemporaryApiError as exc:
+            raise RetryLater(f"API server busy or unreachable: {exc}", delay=5.0) from exc
+
+
+class Run:
+    """One reconciliation of one incident: a working copy of its status."""
+
+    def __init__(self, engine: Engine, body: dict[str, Any]) -> None:
+        self.engine = engine
+        self.body = body
+        meta = body["metadata"]
+        self.ref = IncidentRef(namespace=meta["namespace"], name=meta["name"],
+                               uid=meta.get("uid", ""))
+        self.generation: int | None = meta.get("generation")
+        self.spec = SecurityIncidentSpec.model_validate(body.get("spec") or {})
+        # Only our own fields: Kopf or other writers may add keys we do not model.
+        raw_status = {k: v for k, v in (body.get("status") or {}).items()
+                      if k in _STATUS_ALIASES}
+        self.status = SecurityIncidentStatus.model_validate(raw_status)
+        self.conditions = list(self.status.conditions or [])
+        self.steps = list(self.status.actions or [])
+        self.timeline = list(self.status.timeline or [])
+        self.playbook = self.status.playbook
+        self.mode = self.status.mode
+        self.time_to_contain = self.status.time_to_contain_seconds
+        self._persisted = self._status_patch()
+
+    # --- recording ------------------------------------------------------------
+
+    @property
+    def now(self) -> dt.datetime:
+        return self.engine.clock()
+
+    def condition(self, type_: str, status: ConditionStatus, reason: str, message: str) -> None:
+        self.conditions = c.set_condition(self.conditions, type_, status, reason, message,
+                                          now=self.now, generation=self.generation)
+
+    def note(self, reason: str, message: str, warning: bool = False) -> None:
+        now = self.now
+        self.timeline = [*self.timeline, TimelineEntry(time=now, reason=reason, message=message)]
+        self.timeline = self.timeline[-TIMELINE_LIMIT:]
+        self.engine.emit(self.body, "Warning" if warning else "Normal", reason, message, now)
+        log.info("%s/%s: %s: %s", self.ref.namespace, self.ref.name, reason, message)
+
+    def _status_patch(self) -> dict[str, Any]:
+        phase = c.derive_phase(self.conditions, self.spec.resolution is not None)
+        status = SecurityIncidentStatus(
+            phase=phase,
+            observed_generation=self.generation,
+            conditions=self.conditions or None,
+            playbook=self.playbook,
+            mode=self.mode,
+            actions=self.steps or None,
+            timeline=self.timeline or None,
+            time_to_contain_seconds=self.time_to_contain,
+        )
+        return status.to_api()
+
+    def persist(self) -> None:
+        """Write the status if it changed. Fields owned by intake (signal counts) are
+        never written here, so concurrent signals are not overwritten."""
+        patch = self._status_patch()
+        if patch == self._persisted:
+            return
+        call(self.engine.kube.custom.patch_namespaced_custom_object_status,
+             GROUP, VERSION, self.ref.namespace, INCIDENT_PLURAL, self.ref.name,
+             {"status": patch})
+        self._persisted = patch
+
+    def set_step(self, index: int, **changes: Any) -> ActionStatus:
+        updated = self.steps[index].model_copy(update=changes)
+        self.steps[index] = updated
+        return updated
+
+    # --- the flow -------------------------------------------------------------
+
+    def advance(self, playbooks: list[PlaybookCandidate]) -> None:
+        if self.spec.resolution is not None:
+            self.resolve()
+            return
+        triaged = c.find(self.conditions, c.TRIAGED)
+        if triaged is None or triaged.status is ConditionStatus.unknown:
+            self.triage(playbooks)
+            self.persist()
+        if not c.is_true(self.conditions, c.TRIAGED):
+            return
+        if not self.approve(playbooks):
+            return
+        if self.mode is PlaybookMode.dry_run:
+            self.dry_run()
+        else:
+            self.execute()
+        self.persist()
+
+    def triage(self, playbooks: list[PlaybookCandidate]) -> None:
+        if c.find(self.conditions, c.TRIAGED) is None:
+            self.condition(c.TRIAGED, ConditionStatus.unknown, "Triaging", "choosing a playbook")
+        chosen = self._choose(playbooks)
+        if chosen is None:
+            return
+        try:
+            steps = plan(self.spec, chosen.spec, self._check_params)
+        except PlanError as exc:
+            self.condition(c.TRIAGED, ConditionStatus.false, c.INVALID_PLAYBOOK,
+                           f"playbook {chosen.namespace}/{chosen.name}: {exc}")
+            self.note(c.INVALID_PLAYBOOK, str(exc), warning=True)
+            return
+        self.playbook = ObjectRef(name=chosen.name, namespace=chosen.namespace)
+        self.mode = chosen.spec.mode
+        self.steps = [
+            ActionStatus(step=s.name, action=s.action, state=StepState.pending,
+                         params=s.params or None, on_failure=s.on_failure)
+            for s in steps
+        ]
+        message = (f"playbook {chosen.namespace}/{chosen.name} ({len(steps)} steps, "
+                   f"{chosen.spec.mode.value})")
+        self.condition(c.TRIAGED, ConditionStatus.true, c.PLAYBOOK_SELECTED, message)
+        self.note(c.PLAYBOOK_SELECTED, message)
+        if chosen.spec.approval.policy is ApprovalPolicy.automatic:
+            self.condition(c.APPROVED, ConditionStatus.true, c.APPROVAL_NOT_REQUIRED,
+                           "the playbook runs without approval")
+        else:
+            self.condition(c.APPROVED, ConditionStatus.false, c.AWAITING_APPROVAL,
+                           f"waiting up to {chosen.spec.approval.timeout_seconds}s for "
+                           f"spec.approval")
+            self.note(c.AWAITING_APPROVAL, "a person must approve before any step runs")
+        self.condition(c.CONTAINED, ConditionStatus.false, c.NOT_STARTED, "no step has run yet")
+
+    def _choose(self, playbooks: list[PlaybookCandidate]) -> PlaybookCandidate | None:
+        operator_ns = self.engine.config.namespace
+        wanted = self.spec.playbook_ref
+        if wanted is not None:
+            namespace = wanted.namespace or self.ref.namespace
+            found = next((p for p in playbooks
+                          if p.name == wanted.name and p.namespace == namespace), None)
+            problem = None
+            if found is None:
+                problem = f"playbook {namespace}/{wanted.name} named in spec.playbookRef not found"
+            elif not allowed(found.namespace, self.spec, self.ref.namespace, operator_ns):
+                problem = (f"playbook {namespace}/{wanted.name} may only answer incidents in "
+                           f"namespace {namespace}")
+            if problem is not None:
+                self.condition(c.TRIAGED, ConditionStatus.false, c.INVALID_PLAYBOOK, problem)
+                self.note(c.INVALID_PLAYBOOK, problem, warning=True)
+            return found if problem is None else None
+        chosen = select_playbook(self.spec, self.ref.namespace, playbooks, operator_ns)
+        if chosen is None:
+            message = "no ResponsePlaybook matches this incident; nothing will be done"
+            self.condition(c.TRIAGED, ConditionStatus.false, c.NO_MATCHING_PLAYBOOK, message)
+            self.note(c.NO_MATCHING_PLAYBOOK, message)
+        return chosen
+
+    def _check_params(self, action: ActionName, params: Mapping[str, Any]) -> None:
+        self.engine.actions[action].parse(dict(params))
+
+    def approve(self, playbooks: list[PlaybookCandidate]) -> bool:
+        """Whether the steps may run; waits (RetryLater) while a decision is due."""
+        approved = c.find(self.conditions, c.APPROVED)
+        if approved is None or approved.status is ConditionStatus.true:
+            return True
+        if approved.reason != c.AWAITING_APPROVAL:
+            return False
+        decision = self.spec.approval
+        if decision is not None:
+            who = f" by {decision.by}" if decision.by else ""
+            why = f": {decision.reason}" if decision.reason else ""
+            if decision.decision is ApprovalDecision.approve:
+                self.condition(c.APPROVED, ConditionStatus.true, c.APPROVED_BY_PERSON,
+                               f"approved{who}{why}")
+                self.note(c.APPROVED_BY_PERSON, f"approved{who}{why}")
+                return True
+            self._end_unapproved(c.REJECTED_BY_PERSON, f"rejected{who}{why}")
+            return False
+        playbook = next((p for p in playbooks if self.playbook is not None
+                         and p.name == self.playbook.name
+                         and p.namespace == self.playbook.namespace), None)
+        if playbook is None:
+            self._end_unapproved(c.REJECTED_BY_PERSON,
+                                 "the playbook was deleted while awaiting approval")
+            return False
+        policy = playbook.spec.approval
+        deadline = approved.last_transition_time + dt.timedelta(seconds=policy.timeout_seconds)
+        remaining = (deadline - self.now).total_seconds()
+        if remaining > 0:
+            self.persist()
+            raise RetryLater("awaiting approval", delay=min(remaining, APPROVAL_POLL_SECONDS))
+        if policy.on_timeout is ApprovalTimeoutAction.approve:
+            message = f"no decision within {policy.timeout_seconds}s; the playbook proceeds"
+            self.condition(c.APPROVED, ConditionStatus.true, c.APPROVED_ON_TIMEOUT, message)
+            self.note(c.APPROVED_ON_TIMEOUT, message)
+            return True
+        self._end_unapproved(c.APPROVAL_TIMED_OUT,
+                             f"no decision within {policy.timeout_seconds}s; nothing will run")
+        return False
+
+    def _end_unapproved(self, reason: str, message: str) -> None:
+        self.condition(c.APPROVED, ConditionStatus.false, reason, message)
+        self.condition(c.CONTAINED, ConditionStatus.false, reason, "no step ran")
+        for i, step in enumerate(self.steps):
+            if step.state is StepState.pending:
+                self.set_step(i, state=StepState.skipped, message="not approved")
+        self.note(reason, message)
+        self.persist()
+
+    # --- steps ------------------------------------------------------------------
+
+    def context(self, step: ActionStatus) -> ActionContext:
+        assert self.spec.target is not None  # planning refused incidents without one
+        return ActionContext(
+            kube=self.engine.kube, config=self.engine.config, incident=self.ref,
+            target=self.spec.target, step=step.step, labels=dict(self.spec.labels or {}),
+            now=self.now)
+
+    def _prepare(self, index: int) -> tuple[Action, Any, Any] | None:
+        """Prepare step ``index`` and judge it; None when it was refused or failed."""
+        step = self.steps[index]
+        action = self.engine.actions[step.action]
+        refusal = check_target(self.spec.target, self.engine.config)
+        if refusal is not None:
+            self._finish(index, StepState.refused, refusal)
+            return None
+        try:
+            params = action.parse(step.params)
+            prepared = action.prepare(self.context(step), params)
+        except (ActionRefused, ValidationError) as exc:
+            self._finish(index, StepState.refused, str(exc))
+            return None
+        except PermanentApiError as exc:
+            self._finish(index, StepState.failed, str(exc))
+            return None
+        refusal = check_step(step.action, prepared.objects, prepared.facts, self.engine.config)
+        if refusal is not None:
+            self._finish(index, StepState.refused, refusal, objects=prepared.objects)
+            return None
+        return action, params, prepared
+
+    def _finish(self, index: int, state: StepState, message: str, **changes: Any) -> None:
+        step = self.set_step(index, state=state, message=message,
+                             finished_at=self.now, **changes)
+        reason = {StepState.refused: "StepRefused", StepState.failed: "StepFailed",
+                  StepState.applied: "StepApplied", StepState.planned: "StepPlanned"}[state]
+        self.note(reason, f"{step.step} ({step.action.value}): {message}",
+                  warning=state in (StepState.refused, StepState.failed))
+
+    def dry_run(self) -> None:
+        for index, step in enumerate(self.steps):
+            if step.state is not StepState.pending:
+                continue
+            prepared = self._prepare(index)
+            if prepared is None:
+                continue
+            _, _, p = prepared
+            self._finish(index, StepState.planned, f"would {p.message}", objects=p.objects,
+                         warnings=p.warnings or None)
+            self.persist()
+        planned = sum(s.state is StepState.planned for s in self.steps)
+        self.condition(c.CONTAINED, ConditionStatus.false, c.DRY_RUN,
+                       f"dry run: {planned} of {len(self.steps)} steps planned, nothing changed")
+
+    def execute(self) -> None:
+        contained = c.find(self.conditions, c.CONTAINED)
+        if contained is not None and contained.status is ConditionStatus.true:
+            return
+        aborted: ActionStatus | None = None
+        for index in range(len(self.steps)):
+            step = self.steps[index]
+            if aborted is not None:
+                if step.state is StepState.pending:
+                    self.set_step(index, state=StepState.skipped,
+                                  message=f"skipped: step {aborted.step} failed")
+                continue
+            if step.state not in DONE:
+                self.condition(c.CONTAINED, ConditionStatus.false, c.STEPS_RUNNING,
+                               f"running step {step.step} ({step.action.value})")
+                self._run_step(index)
+            step = self.steps[index]
+            if step.state in (StepState.refused, StepState.failed) \
+                    and step.on_failure is OnFailure.abort:
+                aborted = step
+        applied = [s for s in self.steps if s.state is StepState.applied]
+        if aborted is not None:
+            self.condition(c.CONTAINED, ConditionStatus.false, c.STEP_FAILED,
+                           f"step {aborted.step} did not complete: {aborted.message}")
+        elif applied:
+            self.time_to_contain = self._seconds_since_first_signal()
+            message = f"{len(applied)} of {len(self.steps)} steps applied"
+            self.condition(c.CONTAINED, ConditionStatus.true, c.STEPS_APPLIED, message)
+            self.note(c.STEPS_APPLIED, message)
+        else:
+            self.condition(c.CONTAINED, ConditionStatus.false, c.NOT_CONTAINED,
+                           "no step could be applied")
+
+    def _run_step(self, index: int) -> None:
+        step = self.steps[index]
+        if step.state is StepState.pending:
+            prepared = self._prepare(index)
+            if prepared is None:
+                self.persist()
+                return
+            action, params, p = prepared
+            step = self.set_step(index, state=StepState.running, started_at=self.now,
+                                 message=p.message, objects=p.objects, revert=p.record,
+                                 warnings=p.warnings or None)
+            for warning in p.warnings:
+                self.note("QuarantineBypassed", warning, warning=True)
+            self.persist()
+        else:  # Running: a previous run recorded the decision, then stopped.
+            action = self.engine.actions[step.action]
+            params = action.parse(step.params)
+        try:
+            result = action.apply(self.context(step), params, dict(step.revert or {}))
+        except (ActionRefused, PermanentApiError) as exc:
+            self._finish(index, StepState.failed, str(exc))
+            self.persist()
+            return
+        self._finish(index, StepState.applied, result.message,
+                     revert=result.record if action.revertible else None,
+                     warnings=[*(step.warnings or []), *result.warnings] or None)
+        self.persist()
+
+    def _seconds_since_first_signal(self) -> float:
+        first = self.status.first_seen
+        if first is None:
+            created = self.body["metadata"].get("creationTimestamp")
+            first = dt.datetime.fromisoformat(created) if created else self.now
+        return round(max(0.0, (self.now - first).total_seconds()), 3)
+
+    # --- resolution ---------------------------------------------------------------
+
+    def resolve(self) -> None:
+        if c.is_true(self.conditions, c.RESOLVED):
+            return
+        resolution = self.spec.resolution
+        assert resolution is not None
+        by = f" by {resolution.by}" if resolution.by else ""
+        if c.find(self.conditions, c.RESOLVED) is None:
+            self.note("ResolutionRequested", f"resolved{by}: {resolution.reason}")
+        self.revert_all(reason=resolution.reason, persist=True)
+
+    def revert_all(self, reason: str, persist: bool) -> None:
+        def save() -> None:
+            if persist:
+                self.persist()
+
+        self.condition(c.RESOLVED, ConditionStatus.false, c.REVERTING, "reverting applied steps")
+        save()
+        failed = []
+        reverted = 0
+        for index in reversed(range(len(self.steps))):
+            step = self.steps[index]
+            if step.state is StepState.pending:
+                self.set_step(index, state=StepState.skipped,
+                              message="skipped: the incident was resolved first")
+                continue
+            action = self.engine.actions[step.action]
+            if step.state not in UNDOABLE or step.revert is None or not action.revertible:
+                continue
+            self.set_step(index, state=StepState.reverting)
+            save()
+            try:
+                message = action.revert(self.context(step), dict(step.revert))
+            except (ActionRefused, PermanentApiError) as exc:
+                self.set_step(index, state=StepState.revert_failed, message=str(exc))
+                self.note("RevertFailed", f"{step.step}: {exc}", warning=True)
+                failed.append(step.step)
+                save()
+                continue
+            self.set_step(index, state=StepState.reverted, message=message, finished_at=self.now)
+            self.note("StepReverted", f"{step.step} ({step.action.value}): {message}")
+            reverted += 1
+            save()
+        if failed:
+            self.condition(c.RESOLVED, ConditionStatus.false, c.REVERT_FAILED,
+                           f"could not revert {', '.join(failed)}; see actions")
+        else:
+            message = f"reverted {reverted} step(s): {reason}"
+            self.condition(c.RESOLVED, ConditionStatus.true, c.REVERTED, message)
+            self.note(c.REVERTED, message)
+        save()
+
+
+_STATUS_ALIASES = {f.alias for f in SecurityIncidentStatus.model_fields.values() if f.alias}

@@ -1,0 +1,46 @@
+"""Kubernetes Events on incidents, so `kubectl describe si` tells the story.
+
+Posting an Event is best effort: a lost Event must never stop a response, so
+failures are logged and swallowed. The same reasons appear in status.timeline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from kubernetes import client
+
+from .api import API_VERSION
+from .kube import Kube, call, classify
+
+log = logging.getLogger(__name__)
+COMPONENT = "firebreak"
+
+
+def post_event(kube: Kube, incident: dict[str, Any], type_: str, reason: str, message: str,
+               now: dt.datetime) -> None:
+    meta = incident["metadata"]
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{meta['name'][:200]}.",
+                                     namespace=meta["namespace"]),
+        involved_object=client.V1ObjectReference(
+            api_version=API_VERSION, kind="SecurityIncident", name=meta["name"],
+            namespace=meta["namespace"], uid=meta.get("uid"),
+            resource_version=meta.get("resourceVersion")),
+        reason=reason,
+        message=message[:1024],
+        type=type_,
+        source=client.V1EventSource(component=COMPONENT),
+        reporting_component=COMPONENT,
+        reporting_instance=COMPONENT,
+        first_timestamp=now,
+        last_timestamp=now,
+        count=1,
+    )
+    try:
+        call(kube.core.create_namespaced_event, meta["namespace"], event)
+    except Exception as exc:  # an Event is never worth failing a response for
+        log.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"],
+                    meta["name"], classify(exc))

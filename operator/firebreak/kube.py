@@ -1,0 +1,173 @@
+"""The one module that owns the Kubernetes client, and its error taxonomy.
+
+- 409 on create and 404 on delete are success: every write here is idempotent.
+- 429, 5xx, timeouts and refused connections are temporary: retried with
+  exponential backoff and jitter (tenacity), then raised as ``TemporaryApiError``.
+- Everything else (403, 422, 400 ...) is permanent: raised as ``PermanentApiError``
+  with the API server's own message, to be recorded in status as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import tenacity
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+T = TypeVar("T")
+
+TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_SECONDS = 30.0
+REQUEST_TIMEOUT = 15.0
+
+
+class ApiError(Exception):
+    """A failed API call, with the API server's explanation."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TemporaryApiError(ApiError):
+    """The API server could not answer now; trying again later may work."""
+
+
+class PermanentApiError(ApiError):
+    """The API server refused the request; trying again will not help."""
+
+
+def is_temporary(exc: BaseException) -> bool:
+    if isinstance(exc, ApiException):
+        return exc.status in TEMPORARY_STATUSES or exc.status == 0
+    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+
+
+def api_message(exc: ApiException) -> str:
+    """The ``message`` of a Status body, or the reason phrase."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    return f"{exc.status} {exc.reason}: {message}" if message else f"{exc.status} {exc.reason}"
+
+
+def classify(exc: BaseException) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ApiException):
+        cls = TemporaryApiError if is_temporary(exc) else PermanentApiError
+        return cls(api_message(exc), exc.status)
+    return TemporaryApiError(f"API server unreachable: {exc}")
+
+
+def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call the API, retrying temporary failures; raise a classified ``ApiError``."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_temporary),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
+        stop=tenacity.stop_after_delay(RETRY_SECONDS),
+        reraise=True,
+    )
+    kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+    try:
+        return retrying(fn, *args, **kwargs)
+    except (ApiException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+        raise classify(exc) from exc
+
+
+def raw(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Call the API and return the response as the API's own JSON (camelCase dict).
+
+    Skips the client's model deserialisation, which is slow for long lists.
+    """
+    response = call(fn, *args, _preload_content=False, **kwargs)
+    result: dict[str, Any] = json.loads(response.data)
+    return result
+
+
+def read_raw(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    """Like ``raw`` for a single object; None when it does not exist."""
+    try:
+        return raw(fn, *args, **kwargs)
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def create(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Create an object; one that already exists is success (returns None)."""
+    try:
+        return call(fn, *args, **kwargs)
+    except ApiError as exc:
+        if exc.status == 409:
+            return None
+        raise
+
+
+def delete(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+    """Delete an object; one already gone is success. Returns whether it existed."""
+    try:
+        call(fn, *args, **kwargs)
+    except ApiError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Read an object; None when it does not exist."""
+    try:
+        return call(fn, *args, **kwargs)
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+@dataclass
+class Kube:
+    """Typed API groups over one ``ApiClient``; objects are handled as plain dicts."""
+
+    api_client: client.ApiClient
+
+    def __post_init__(self) -> None:
+        self.core = client.CoreV1Api(self.api_client)
+        self.apps = client.AppsV1Api(self.api_client)
+        self.batch = client.BatchV1Api(self.api_client)
+        self.networking = client.NetworkingV1Api(self.api_client)
+        self.custom = client.CustomObjectsApi(self.api_client)
+        self.apis = client.ApisApi(self.api_client)
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> Kube:
+        """In a pod: the service account; elsewhere: the kubeconfig (or $KUBECONFIG)."""
+        configuration = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        # One pool for all threads of the operator; the default (4) serialises bursts.
+        configuration.connection_pool_maxsize = 32
+        return cls(client.ApiClient(configuration))
+
+    def to_dict(self, obj: Any) -> dict[str, Any]:
+        """A typed client object as the API's own JSON (camelCase)."""
+        result: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
+        return result
+
+    def served(self, group: str, version: str) -> bool:
+        """Whether the API server serves ``group/version`` (for optional APIs)."""
+        groups = call(self.apis.get_api_versions)
+        for g in groups.groups:
+            if g.name == group:
+                return any(v.version == version for v in g.versions)
+        return False

@@ -1,0 +1,529 @@
+"""A real Kubernetes control plane on loopback, for tests and local development.
+
+It runs etcd, kube-apiserver (RBAC, TLS, client certificates, service-account
+tokens), kube-controller-manager, kube-scheduler and kwok, which plays the kubelet
+for a few fake nodes so that Deployments get Running pods. Nothing here imitates
+the API: every request in the tests is served by the upstream kube-apiserver.
+
+Two ways to hold it:
+- ``with LocalCluster.started(...) as cluster:`` (pytest): every process is tied
+  to this Python process (PR_SET_PDEATHSIG), so even a SIGKILLed test run leaves
+  nothing behind, and the work folder is removed on the way out;
+- ``python -m tests.controlplane up`` / ``down`` (``make cluster``): processes are
+  detached, their pids are written to ``state.json`` next to the kubeconfig.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .binaries import Binaries, ensure_binaries
+
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+KWOK_NODE_LABEL = "firebreak.dev/fake-node"
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "namespace-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "statefulset-controller",
+    "daemonset-controller",
+    "job-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
+    "endpointslice-controller",
+    # Lifts the not-ready taint that admission puts on every new node once kwok
+    # reports it Ready (and would taint a node whose heartbeats stop).
+    "node-lifecycle-controller",
+)
+STOP_GRACE_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGKILL it when the
+    # process that started it goes away, however that process ends.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _free_ports(count: int) -> list[int]:
+    # Hold every socket until all are chosen so the kernel cannot hand out one twice.
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# --- certificates --------------------------------------------------------------
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _certificate(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool = False,
+    usage: ExtendedKeyUsageOID | None = None,
+    sans: list[x509.GeneralName] | None = None,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    issuer_name, signing_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+    if usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def _write_pki(pki: Path) -> None:
+    pki.mkdir(parents=True)
+    ca_key = _key()
+    ca = _certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "firebreak-local-ca")]),
+                      ca_key, None, ca=True)
+    serving_key = _key()
+    serving = _certificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
+        serving_key, (ca, ca_key), usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        sans=[
+            x509.DNSName("localhost"),
+            x509.DNSName("kubernetes"),
+            x509.DNSName("kubernetes.default"),
+            x509.DNSName("kubernetes.default.svc"),
+            x509.DNSName("kubernetes.default.svc.cluster.local"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(next(ipaddress.ip_network(SERVICE_CIDR).hosts())),
+        ],
+    )
+    admin_key = _key()
+    admin = _certificate(
+        x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "admin"),
+        ]),
+        admin_key, (ca, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
+    sa_key = _key()
+    files = {
+        "ca.crt": _pem_cert(ca),
+        "ca.key": _pem_key(ca_key),
+        "apiserver.crt": _pem_cert(serving),
+        "apiserver.key": _pem_key(serving_key),
+        "admin.crt": _pem_cert(admin),
+        "admin.key": _pem_key(admin_key),
+        "sa.key": _pem_key(sa_key),
+        "sa.pub": sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    }
+    for name, data in files.items():
+        (pki / name).write_bytes(data)
+        (pki / name).chmod(0o600)
+
+
+# --- the cluster ---------------------------------------------------------------
+
+
+@dataclass
+class LocalCluster:
+    """A running (or startable) control plane rooted at ``workdir``."""
+
+    workdir: Path
+    binaries: Binaries
+    nodes: int = 3
+    detach: bool = False
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, nodes: int = 3, workdir: Path | None = None) -> Iterator[LocalCluster]:
+        """Start a cluster tied to this process; stop it and remove its files on exit."""
+        owned = workdir is None
+        root = Path(tempfile.mkdtemp(prefix="firebreak-cluster-")) if owned else workdir
+        assert root is not None
+        cluster = cls(root, ensure_binaries(), nodes=nodes)
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop(remove=owned)
+
+    # -- starting
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        _write_pki(self.pki)
+        etcd_client, etcd_peer, apiserver, kwok_port = _free_ports(4)
+        self.server = f"https://127.0.0.1:{apiserver}"
+        self._write_kubeconfig()
+        try:
+            self._start_etcd(etcd_client, etcd_peer)
+            self._start_apiserver(apiserver, etcd_client)
+            self._wait_ready()
+            self._start_controllers()
+            self._start_kwok(kwok_port)
+            self._create_nodes()
+            self._write_state()
+        except BaseException:
+            self.stop(remove=False)
+            raise
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = (self.logs / f"{name}.log").open("wb")
+        self._logs.append(log)
+        self.processes[name] = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            # Own process group: a Ctrl-C in the terminal reaches only us, and we stop
+            # the children in order.
+            start_new_session=True,
+            preexec_fn=None if self.detach else _die_with_parent,
+        )
+
+    def _start_etcd(self, client: int, peer: int) -> None:
+        client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+        self._spawn("etcd", [
+            str(self.binaries["etcd"]),
+            "--name=firebreak",
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={client_url}",
+            f"--advertise-client-urls={client_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=firebreak={peer_url}",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ])
+
+    def _start_apiserver(self, port: int, etcd_client: int) -> None:
+        pki = self.pki
+        self._spawn("kube-apiserver", [
+            str(self.binaries["kube-apiserver"]),
+            f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            # The default reconciler would publish 127.0.0.1 as the `kubernetes`
+            # Service endpoint; nothing inside this cluster needs to reach it.
+            "--endpoint-reconciler-type=none",
+            f"--secure-port={port}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=RBAC",
+            "--allow-privileged=true",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--profiling=false",
+        ])
+
+    def _start_controllers(self) -> None:
+        pki = self.pki
+        self._spawn("kube-controller-manager", [
+            str(self.binaries["kube-controller-manager"]),
+            f"--kubeconfig={self.kubeconfig}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            f"--controllers={','.join(CONTROLLERS)}",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
+            "--concurrent-deployment-syncs=10",
+            "--concurrent-replicaset-syncs=10",
+            "--concurrent-namespace-syncs=10",
+            "--concurrent-gc-syncs=20",
+        ])
+        scheduler_config = self.workdir / "scheduler.yaml"
+        scheduler_config.write_text(yaml.safe_dump({
+            "apiVersion": "kubescheduler.config.k8s.io/v1",
+            "kind": "KubeSchedulerConfiguration",
+            "leaderElection": {"leaderElect": False},
+            "clientConnection": {"kubeconfig": str(self.kubeconfig), "qps": 200, "burst": 400},
+        }))
+        self._spawn("kube-scheduler", [
+            str(self.binaries["kube-scheduler"]),
+            f"--config={scheduler_config}",
+            "--secure-port=0",
+        ])
+
+    def _start_kwok(self, port: int) -> None:
+        self._spawn("kwok", [
+            str(self.binaries["kwok"]),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--config={self.binaries.kwok_stages}",
+            f"--manage-nodes-with-label-selector={KWOK_NODE_LABEL}",
+            f"--cidr={POD_CIDR}",
+            # Anything that tries to reach a fake node's kubelet (logs, exec) stays on
+            # loopback and is refused at once.
+            "--node-ip=127.0.0.1",
+            "--node-lease-duration-seconds=40",
+            f"--server-address=127.0.0.1:{port}",
+        ])
+
+    def _write_kubeconfig(self) -> None:
+        import base64
+
+        def b64(name: str) -> str:
+            return base64.b64encode((self.pki / name).read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "firebreak-local", "cluster": {
+                "server": self.server, "certificate-authority-data": b64("ca.crt")}}],
+            "users": [{"name": "admin", "user": {
+                "client-certificate-data": b64("admin.crt"),
+                "client-key-data": b64("admin.key")}}],
+            "contexts": [{"name": "firebreak-local", "context": {
+                "cluster": "firebreak-local", "user": "admin"}}],
+            "current-context": "firebreak-local",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        return ctx
+
+    def _check_alive(self) -> None:
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                raise ControlPlaneError(
+                    f"{name} exited with code {proc.returncode}:\n{self.log_tail(name)}"
+                )
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.logs / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _wait_ready(self, timeout: float = 120.0) -> None:
+        ctx = self.ssl_context()
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError as exc:
+                last_error = str(exc)
+            time.sleep(0.2)
+        raise ControlPlaneError(
+            f"kube-apiserver not ready after {timeout:.0f}s ({last_error}):\n"
+            f"{self.log_tail('kube-apiserver')}"
+        )
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        """Run the cluster's own kubectl against it and return its standard output."""
+        result = subprocess.run(
+            [str(self.binaries["kubectl"]), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input, capture_output=True, text=True, timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def _create_nodes(self, timeout: float = 60.0) -> None:
+        if self.nodes:
+            self.add_nodes(self.nodes)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            out = self.kubectl("get", "nodes", "-l", KWOK_NODE_LABEL, "-o", "json")
+            items = json.loads(out)["items"]
+            ready = [
+                n for n in items
+                if any(c["type"] == "Ready" and c["status"] == "True"
+                       for c in n.get("status", {}).get("conditions", []))
+            ]
+            sa = self.kubectl("get", "serviceaccount", "default", "-n", "default",
+                              "--ignore-not-found", "-o", "name")
+            if len(ready) >= self.nodes and sa.strip():
+                return
+            time.sleep(0.3)
+        raise ControlPlaneError(f"nodes or the default ServiceAccount not ready after {timeout}s")
+
+    def add_nodes(self, count: int, prefix: str = "kwok-node", start: int = 0) -> list[str]:
+        """Register ``count`` fake nodes that kwok will run pods on."""
+        names = [f"{prefix}-{i}" for i in range(start, start + count)]
+        docs = [_node_manifest(name) for name in names]
+        for i in range(0, len(docs), 200):
+            self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs[i:i + 200]))
+        return names
+
+    def _write_state(self) -> None:
+        state = {
+            "server": self.server,
+            "kubeconfig": str(self.kubeconfig),
+            "pids": {name: p.pid for name, p in self.processes.items()},
+        }
+        (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
+
+    # -- stopping
+
+    def stop(self, remove: bool = True) -> None:
+        """Stop every process (newest first), then remove the work folder."""
+        for name in reversed(list(self.processes)):
+            _terminate(self.processes[name].pid, self.processes[name])
+        self.processes.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        if remove:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _terminate(pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while time.monotonic() < deadline:
+        if proc is not None:
+            if proc.poll() is not None:
+                return
+        elif not _alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if proc is not None:
+        proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has ended all the same.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+            return False
+    return True
+
+
+def _node_manifest(name: str) -> dict[str, object]:
+    capacity = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                KWOK_NODE_LABEL: "true",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+        },
+        "spec": {},
+        "status": {"allocatable": capacity, "capacity": capacity},
+    }
+
+
+def stop_detached(workdir: Path) -> bool:
+    """Stop a cluster started with ``up``; return False when none was running."""
+    state_file = workdir / "state.json"
+    if not state_file.exists():
+        return False
+    pids = json.loads(state_file.read_text())["pids"]
+    for pid in reversed(list(pids.values())):
+        _terminate(pid)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return True
