@@ -85,8 +85,11 @@ def watch_phases(cluster: LocalCluster, until: str, operator: subprocess.Popen[b
             seen = phase
         if phase == until:
             return
+        if phase == "Failed":
+            break
         time.sleep(0.2)
-    raise SystemExit(f"the incident did not reach {until} in {timeout:.0f}s")
+    print(cluster.kubectl("get", "securityincident", "-n", NS, "-o", "yaml"))
+    raise SystemExit(f"the incident did not reach {until}")
 
 
 def run_incident(cluster: LocalCluster, victim: str, operator: subprocess.Popen[bytes],
@@ -110,6 +113,9 @@ def run_incident(cluster: LocalCluster, victim: str, operator: subprocess.Popen[
     print(kubectl("get", "securityincident", INCIDENT, "-n", NS, "-o",
                   "jsonpath={range .status.actions[*]}{.step}{'\\t'}{.state}{'\\t'}"
                   "{.message}{'\\n'}{end}"))
+    seconds = kubectl("get", "securityincident", INCIDENT, "-n", NS, "-o",
+                      "jsonpath={.status.timeToContainSeconds}")
+    print(f"time to contain: {seconds}s (from the incident's creation)")
 
     say("A person resolves it: kubectl patch ... spec.resolution")
     kubectl("patch", "securityincident", INCIDENT, "-n", NS, "--type=merge", "-p",

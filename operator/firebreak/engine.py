@@ -68,7 +68,7 @@ class RetryLater(Exception):
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass

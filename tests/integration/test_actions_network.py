@@ -9,6 +9,7 @@ from kubernetes import client
 
 from firebreak.actions.base import ActionContext
 from firebreak.actions.network import QUARANTINE_LABEL, IsolateNetwork, IsolateNetworkParams
+from firebreak.actions.workloads import DETACHED_FROM, top_workload
 from tests.helpers import running_pods, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -97,6 +98,9 @@ def test_detach_lets_the_replicaset_replace_the_pod(
     detached = core.read_namespaced_pod(victim, namespace)
     assert detached.metadata.labels["app"] == "shop-quarantined"
     assert detached.metadata.labels[QUARANTINE_LABEL] == ctx.incident.key
+    # Later steps still find the workload a detached pod came from.
+    assert detached.metadata.annotations[DETACHED_FROM] == pods[0].metadata.owner_references[0].name
+    assert top_workload(ctx.kube, ctx.target)["metadata"]["name"] == "shop"
     # The ReplicaSet lets go of it and starts a replacement; the quarantined pod stays.
     wait_for(lambda: not core.read_namespaced_pod(victim, namespace).metadata.owner_references,
              what="the ReplicaSet to release the pod")
@@ -105,8 +109,9 @@ def test_detach_lets_the_replicaset_replace_the_pod(
     assert core.read_namespaced_pod(victim, namespace).status.phase == "Running"
 
     ACTION.revert(ctx, prepared.record)
-    restored = core.read_namespaced_pod(victim, namespace).metadata.labels
-    assert restored["app"] == "shop" and QUARANTINE_LABEL not in restored
+    restored = core.read_namespaced_pod(victim, namespace).metadata
+    assert restored.labels["app"] == "shop" and QUARANTINE_LABEL not in restored.labels
+    assert DETACHED_FROM not in (restored.annotations or {})
     # Adopted again, the ReplicaSet brings its count back to 2 by itself.
     wait_for(lambda: len(running_pods(core, namespace, "shop")) == 2, timeout=60,
              what="the ReplicaSet to settle back to 2 pods")

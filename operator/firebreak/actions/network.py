@@ -25,7 +25,7 @@ from ..api import ActionName
 from ..kube import create, delete, raw, read_raw
 from ..selectors import selects
 from .base import Action, ActionContext, Applied, Params, Prepared, ref
-from .workloads import Obj, controller_of, read_object, target_pods
+from .workloads import DETACHED_FROM, Obj, controller_of, read_object, target_pods
 
 QUARANTINE_LABEL = "firebreak.dev/quarantine"
 DETACHED_SUFFIX = "-quarantined"
@@ -124,6 +124,15 @@ def _detach_labels(pod: Obj, owner_selector: dict[str, Any]) -> dict[str, str]:
     return changes
 
 
+def _differs(pod: Obj, labels: dict[str, Any], annotations: dict[str, Any]) -> bool:
+    """Whether a merge patch with these labels and annotations would change the pod
+    (``None`` means absent)."""
+    meta = pod["metadata"]
+    current_labels, current_annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    return (any(current_labels.get(k) != v for k, v in labels.items())
+            or any(current_annotations.get(k) != v for k, v in annotations.items()))
+
+
 class IsolateNetwork(Action):
     name = ActionName.isolate_network
     params_model = IsolateNetworkParams
@@ -142,6 +151,7 @@ class IsolateNetwork(Action):
                     changes = _detach_labels(pod, rs["spec"].get("selector") or {})
                     entry["detach"] = {k: (pod["metadata"]["labels"][k], v)
                                        for k, v in changes.items()}
+                    entry["detachedFrom"] = owner["name"]
             record_pods.append(entry)
 
         policy = policy_name(ctx)
@@ -187,10 +197,11 @@ class IsolateNetwork(Action):
                 continue
             labels = {QUARANTINE_LABEL: ctx.incident.key}
             labels.update({k: new for k, (_, new) in entry.get("detach", {}).items()})
-            if any((current["metadata"].get("labels") or {}).get(k) != v
-                   for k, v in labels.items()):
+            annotations = ({DETACHED_FROM: entry["detachedFrom"]}
+                           if "detachedFrom" in entry else {})
+            if _differs(current, labels, annotations):
                 raw(ctx.kube.core.patch_namespaced_pod, entry["name"], namespace,
-                    {"metadata": {"labels": labels}})
+                    {"metadata": {"labels": labels, "annotations": annotations}})
             labelled.append(entry["name"])
         message = (f"NetworkPolicy {namespace}/{record['policy']} isolates "
                    f"{', '.join(labelled) or 'no pods'}")
@@ -207,10 +218,11 @@ class IsolateNetwork(Action):
                 continue
             labels: dict[str, str | None] = {QUARANTINE_LABEL: None}
             labels.update({k: old for k, (old, _) in entry.get("detach", {}).items()})
-            existing = current["metadata"].get("labels") or {}
-            if any(existing.get(k) != v for k, v in labels.items()):
+            annotations: dict[str, str | None] = (
+                {DETACHED_FROM: None} if "detachedFrom" in entry else {})
+            if _differs(current, labels, annotations):
                 raw(ctx.kube.core.patch_namespaced_pod, entry["name"], namespace,
-                    {"metadata": {"labels": labels}})
+                    {"metadata": {"labels": labels, "annotations": annotations}})
             released.append(entry["name"])
         delete(ctx.kube.networking.delete_namespaced_network_policy, record["policy"], namespace)
         return (f"removed NetworkPolicy {namespace}/{record['policy']}; released "

@@ -45,11 +45,21 @@ def read_target(kube: Kube, target: Target) -> Obj:
     return obj
 
 
+# Set on a pod that isolateNetwork took out of its ReplicaSet: the pod keeps its
+# place in the owner chain, so later steps (a scale-down) still find the workload.
+DETACHED_FROM = "firebreak.dev/detached-from"
+
+
 def controller_of(obj: Obj) -> Obj | None:
-    """The ownerReference marked as controller, if any."""
-    for owner in obj.get("metadata", {}).get("ownerReferences") or ():
+    """The ownerReference marked as controller, or the ReplicaSet a quarantined pod
+    was detached from."""
+    meta = obj.get("metadata", {})
+    for owner in meta.get("ownerReferences") or ():
         if owner.get("controller"):
             return owner  # type: ignore[no-any-return]
+    detached_from = (meta.get("annotations") or {}).get(DETACHED_FROM)
+    if detached_from:
+        return {"kind": "ReplicaSet", "name": detached_from}
     return None
 
 
