@@ -25,8 +25,32 @@ controlplane: install
 	$(PY) -m tests.controlplane build
 
 ## Everything: lint, types, unit tests, and the tests against the local control plane.
-test: install controlplane lint
+test: install controlplane alerting lint
 	$(PY) -m pytest
+
+## Real Prometheus and Alertmanager for tests/alerting.py, from Debian's packages.
+## The packages register system services; a policy-rc.d (ours only when none is
+## there) keeps them from starting, and they are disabled afterwards, so nothing
+## holds 9090/9093/9100: the tests run their own processes on free loopback ports.
+.PHONY: alerting
+alerting:
+	@if command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null; then exit 0; fi; \
+	set -e; sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	policy=/usr/sbin/policy-rc.d; ours=; \
+	if [ ! -e $$policy ]; then \
+	  printf '#!/bin/sh\nexit 101\n' | $$sudo tee $$policy >/dev/null; $$sudo chmod 755 $$policy; ours=1; \
+	fi; \
+	trap '[ -z "$$ours" ] || $$sudo rm -f $$policy' EXIT; \
+	$$sudo apt-get update; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y --no-install-recommends prometheus prometheus-alertmanager; \
+	for service in prometheus prometheus-alertmanager prometheus-node-exporter; do \
+	  if [ -d /run/systemd/system ]; then \
+	    $$sudo systemctl disable --now $$service >/dev/null 2>&1 || true; \
+	  elif command -v update-rc.d >/dev/null; then \
+	    $$sudo update-rc.d $$service disable >/dev/null 2>&1 || true; \
+	  fi; \
+	done
 
 ## Only the tests that need no cluster.
 unit: install
@@ -46,7 +70,7 @@ cluster-down: install
 demo: controlplane
 	$(PY) -m tests.demo
 
-bench: controlplane
+bench: controlplane alerting
 	$(PY) -m tests.bench
 
 clean: cluster-down

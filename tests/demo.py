@@ -108,7 +108,7 @@ def run_incident(cluster: LocalCluster, victim: str, operator: subprocess.Popen[
 
     say("Contained. The isolating NetworkPolicy and the quarantined pod:")
     print(kubectl("get", "networkpolicy", "-n", NS))
-    print(kubectl("get", "pods", "-n", NS, "-L", "firebreak.dev/quarantine"))
+    print(kubectl("get", "pods", "-n", NS, "-L", f"quarantine.firebreak.dev/{INCIDENT}"))
     print(kubectl("get", "deployment", "storefront", "-n", NS))
     print(kubectl("get", "securityincident", INCIDENT, "-n", NS, "-o",
                   "jsonpath={range .status.actions[*]}{.step}{'\\t'}{.state}{'\\t'}"
@@ -127,7 +127,7 @@ def run_incident(cluster: LocalCluster, victim: str, operator: subprocess.Popen[
     policies = kubectl("get", "networkpolicy", "-n", NS, "-o", "name")
     print(f"NetworkPolicies in {NS}: {policies.strip() or 'none'}")
     kubectl("rollout", "status", "deployment/storefront", "-n", NS, "--timeout=90s")
-    print(kubectl("get", "pods", "-n", NS, "-L", "firebreak.dev/quarantine"))
+    print(kubectl("get", "pods", "-n", NS, "-L", f"quarantine.firebreak.dev/{INCIDENT}"))
     print(kubectl("get", "deployment", "storefront", "-n", NS))
     print(kubectl("get", "secrets", "-n", NS, "-l", "firebreak.dev/evidence=true"))
     print(kubectl("get", "events", "-n", NS, "--field-selector",

@@ -1,8 +1,10 @@
 """The operator's configuration, read once at start-up and validated.
 
-Every setting comes from an environment variable (``FIREBREAK_*``) or the matching
-``firebreak run`` flag; a bad value stops the operator at start with a message that
-names the setting, rather than surfacing later as a wrong decision.
+Every setting comes from an environment variable (``FIREBREAK_<NAME>``) or the
+matching ``firebreak run --<name>`` flag (flags win); both are derived from the
+fields below, so the two never drift apart. A bad value stops the operator at
+start with a message that names the setting, rather than surfacing later as a
+wrong decision.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_NAMESPACE = "firebreak-system"
 ALWAYS_PROTECTED = frozenset({"kube-system"})
+SET_FIELDS = frozenset({"protected_namespaces"})
 
 
 class ConfigError(ValueError):
@@ -25,13 +29,15 @@ class ConfigError(ValueError):
 class OperatorConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # --- response
     namespace: str = Field(
         default=DEFAULT_NAMESPACE,
         description="The operator's own namespace: never acted on; playbooks here answer "
-                    "incidents in every namespace.")
+                    "incidents in every namespace (default: the pod's namespace).")
     protected_namespaces: frozenset[str] = Field(
         default=frozenset(),
-        description="More namespaces no playbook may act on (kube-system always is).")
+        description="Comma-separated namespaces no playbook may act on (kube-system and the "
+                    "operator's namespace always are).")
     min_schedulable_nodes: int = Field(
         default=1, ge=0,
         description="cordonNode refuses to leave fewer schedulable nodes than this.")
@@ -42,6 +48,45 @@ class OperatorConfig(BaseModel):
         default=900 * 1024, ge=1024, le=1024 * 1024,
         description="Largest evidence object (ConfigMap or Secret) a snapshot writes.")
 
+    # --- intake: the webhook
+    webhook_address: str = Field(
+        default="0.0.0.0:8080",
+        description="host:port of the alert webhook (/alertmanager, /falco, /healthz, /readyz); "
+                    "empty disables it.")
+    webhook_auth: Literal["token", "none"] = Field(
+        default="token",
+        description="token: every POST needs 'Authorization: Bearer <token>'; none turns "
+                    "authentication off (not for production).")
+    webhook_token_file: Path | None = Field(
+        default=None, description="File holding the bearer token (re-read when it changes).")
+    webhook_token_secret: str | None = Field(
+        default=None,
+        description="Secret in the operator's namespace holding the token under key 'token' "
+                    "(used when no token file is given).")
+    webhook_tls_cert_file: Path | None = Field(
+        default=None, description="Serve HTTPS with this certificate (PEM).")
+    webhook_tls_key_file: Path | None = Field(
+        default=None, description="The private key of the TLS certificate (PEM).")
+    webhook_body_limit: int = Field(
+        default=1024 * 1024, ge=1024,
+        description="Largest request body accepted, in bytes; larger ones get 413.")
+
+    # --- intake: pull sources
+    prometheus_url: str | None = Field(
+        default=None, description="Poll this Prometheus for firing alerts; unset disables polling.")
+    prometheus_query: str = Field(
+        default='ALERTS{alertstate="firing"}', description="The PromQL query polled.")
+    prometheus_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between Prometheus polls.")
+    trivy_min_severity: Literal["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"] = Field(
+        default="CRITICAL",
+        description="A VulnerabilityReport opens an incident for findings of this severity "
+                    "or worse.")
+    trivy_require_fix: bool = Field(
+        default=True, description="Count only findings that have a fixed version.")
+    trivy_min_count: int = Field(
+        default=1, ge=1, description="How many such findings open an incident.")
+
     @field_validator("namespace")
     @classmethod
     def _namespace_not_empty(cls, value: str) -> str:
@@ -49,19 +94,39 @@ class OperatorConfig(BaseModel):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("webhook_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            _, sep, port = value.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError("must be host:port, e.g. 0.0.0.0:8080")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> OperatorConfig:
+        if (self.webhook_tls_cert_file is None) != (self.webhook_tls_key_file is None):
+            raise ValueError("webhook_tls_cert_file and webhook_tls_key_file go together")
+        return self
+
     @property
     def guarded_namespaces(self) -> frozenset[str]:
         """Namespaces no action ever touches, whatever a playbook says."""
         return ALWAYS_PROTECTED | {self.namespace} | self.protected_namespaces
 
+    @property
+    def webhook_host_port(self) -> tuple[str, int]:
+        host, _, port = self.webhook_address.rpartition(":")
+        return host.strip("[]"), int(port)
 
-ENV = {
-    "namespace": "FIREBREAK_NAMESPACE",
-    "protected_namespaces": "FIREBREAK_PROTECTED_NAMESPACES",
-    "min_schedulable_nodes": "FIREBREAK_MIN_SCHEDULABLE_NODES",
-    "min_healthy_replicas": "FIREBREAK_MIN_HEALTHY_REPLICAS",
-    "snapshot_max_bytes": "FIREBREAK_SNAPSHOT_MAX_BYTES",
-}
+
+def env_name(field: str) -> str:
+    return f"FIREBREAK_{field.upper()}"
+
+
+def flag_name(field: str) -> str:
+    return f"--{field.replace('_', '-')}"
 
 
 def _default_namespace() -> str:
@@ -71,23 +136,30 @@ def _default_namespace() -> str:
         return DEFAULT_NAMESPACE
 
 
-def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> OperatorConfig:
-    """Build the configuration from the environment and explicit overrides (CLI flags)."""
+def _parse(field: str, raw: str) -> object:
+    if field in SET_FIELDS:
+        return frozenset(n.strip() for n in raw.split(",") if n.strip())
+    return raw
+
+
+def load_config(env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, str | None] | None = None) -> OperatorConfig:
+    """Build the configuration from the environment and flags (raw strings, flags win)."""
     env = os.environ if env is None else env
     values: dict[str, object] = {"namespace": _default_namespace()}
-    for field, var in ENV.items():
-        raw = env.get(var)
-        if raw is None or raw == "":
-            continue
-        if field == "protected_namespaces":
-            values[field] = frozenset(n.strip() for n in raw.split(",") if n.strip())
-        else:
-            values[field] = raw
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    for field in OperatorConfig.model_fields:
+        raw = env.get(env_name(field))
+        if raw is not None and (raw != "" or field == "webhook_address"):
+            values[field] = _parse(field, raw)
+    for field, raw in (overrides or {}).items():
+        if raw is not None:
+            values[field] = _parse(field, raw)
     try:
         return OperatorConfig.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{ENV.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors()
+            (f"{env_name(str(e['loc'][0]))} / {flag_name(str(e['loc'][0]))}: {e['msg']}"
+             if e["loc"] else e["msg"])
+            for e in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
+import threading
 from typing import Any
 
 from kubernetes import client
@@ -44,3 +46,33 @@ def post_event(kube: Kube, incident: dict[str, Any], type_: str, reason: str, me
     except Exception as exc:  # an Event is never worth failing a response for
         log.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"],
                     meta["name"], classify(exc))
+
+
+class EventPoster:
+    """Posts Events from a background thread, so that a response never waits on one.
+
+    The queue is bounded: under a flood, Events beyond it are dropped (and logged);
+    the same facts stay in each incident's status.timeline.
+    """
+
+    def __init__(self, kube: Kube, capacity: int = 10_000) -> None:
+        self.kube = kube
+        self.queue: queue.Queue[tuple[dict[str, Any], str, str, str, dt.datetime] | None] = \
+            queue.Queue(maxsize=capacity)
+        self.thread = threading.Thread(target=self._run, name="event-poster", daemon=True)
+        self.thread.start()
+
+    def __call__(self, incident: dict[str, Any], type_: str, reason: str, message: str,
+                 now: dt.datetime) -> None:
+        try:
+            self.queue.put_nowait((incident, type_, reason, message, now))
+        except queue.Full:
+            log.warning("Event queue full; dropped %s on %s", reason,
+                        incident["metadata"].get("name"))
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            post_event(self.kube, *item)
+
+    def close(self) -> None:
+        self.queue.put(None)

@@ -6,6 +6,7 @@ diff-base annotations live under ``firebreak.dev``, set at start-up.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -16,15 +17,19 @@ from .actions import registry
 from .api import GROUP, INCIDENT_PLURAL, PLAYBOOK_PLURAL, VERSION, ResponsePlaybookSpec
 from .config import OperatorConfig
 from .engine import Engine, RetryLater
-from .events import post_event
+from .events import EventPoster
+from .intake import Intake
 from .kube import Kube
 from .matching import PlaybookCandidate
+from .pollers import PrometheusPoller
+from .sources.trivy import TrivyThresholds, signal_from_vulnerability_report
+from .webhook import TokenSource, Webhook, describe_auth
 
 ALL = None  # the playbook index keeps every playbook under one key
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -34,13 +39,54 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
     settings.networking.request_timeout = 30
     settings.watching.server_timeout = 300
+    settings.batching.batch_window = 0.01  # react to a new incident at once
     config: OperatorConfig = memo["config"]
     kube = Kube.from_environment(memo.get("kubeconfig"))
-    memo["engine"] = Engine(
-        kube=kube, config=config, actions=registry(),
-        emit=lambda body, type_, reason, message, now: post_event(
-            kube, body, type_, reason, message, now),
-    )
+    memo["events"] = events = EventPoster(kube)
+    memo["engine"] = Engine(kube=kube, config=config, actions=registry(), emit=events)
+    memo["intake"] = intake = Intake(kube, config)
+    memo["trivy"] = TrivyThresholds(min_severity=config.trivy_min_severity,
+                                    require_fix=config.trivy_require_fix,
+                                    min_count=config.trivy_min_count)
+    if config.webhook_address:
+        tokens = TokenSource(config, kube)
+        problem = describe_auth(config, tokens)
+        if problem is not None:
+            logging.getLogger(__name__).warning("alert webhook disabled: %s", problem)
+        else:
+            memo["webhook"] = webhook = Webhook(config, intake, tokens)
+            await webhook.start()
+    if config.prometheus_url:
+        memo["poller"] = asyncio.create_task(PrometheusPoller(config, intake).run())
+
+
+@kopf.on.cleanup()
+async def stop_intake(memo: kopf.Memo, **_: Any) -> None:
+    if (webhook := memo.get("webhook")) is not None:
+        await webhook.stop()
+    if (poller := memo.get("poller")) is not None:
+        poller.cancel()
+    memo["events"].close()
+
+
+@kopf.on.event("aquasecurity.github.io", "v1alpha1", "vulnerabilityreports")
+def vulnerability_report(type: str | None, body: kopf.Body, memo: kopf.Memo,
+                         logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
+    """Trivy Operator's reports: the same workload and findings always name the same
+    incident, so a report re-created on its TTL opens nothing new."""
+    if type == "DELETED":
+        return
+    try:
+        signal = signal_from_vulnerability_report(dict(body), memo["trivy"])
+    except ValidationError as exc:
+        logger.warning("VulnerabilityReport %s/%s is malformed and ignored: %s",
+                       body.get("metadata", {}).get("namespace"),
+                       body.get("metadata", {}).get("name"), exc)
+        return
+    if signal is not None:
+        recorded = memo["intake"].record(signal)
+        logger.info("VulnerabilityReport: incident %s/%s %s", recorded.namespace,
+                    recorded.name, recorded.outcome)
 
 
 @kopf.index(GROUP, VERSION, PLAYBOOK_PLURAL)

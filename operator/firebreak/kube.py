@@ -67,12 +67,13 @@ def classify(exc: BaseException) -> ApiError:
     return TemporaryApiError(f"API server unreachable: {exc}")
 
 
-def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call the API, retrying temporary failures; raise a classified ``ApiError``."""
+def call(fn: Callable[..., T], *args: Any, retry_for: float = RETRY_SECONDS, **kwargs: Any) -> T:
+    """Call the API, retrying temporary failures for up to ``retry_for`` seconds (0: try
+    once); raise a classified ``ApiError``."""
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_temporary),
         wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
-        stop=tenacity.stop_after_delay(RETRY_SECONDS),
+        stop=tenacity.stop_after_delay(retry_for),
         reraise=True,
     )
     kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)

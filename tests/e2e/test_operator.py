@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from kubernetes import client
 
-from firebreak.actions.network import QUARANTINE_LABEL
+from firebreak.actions.network import QUARANTINE_PREFIX, quarantine_label
 from tests.e2e.conftest import OPERATOR_NS, OperatorProcess, incident_status, wait_phase
 from tests.helpers import GROUP, VERSION, create_incident, create_playbook, wait_for
 
@@ -46,7 +46,8 @@ def test_contain_then_resolve(
     networking = client.NetworkingV1Api(api_client)
     policies = networking.list_namespaced_network_policy(namespace).items
     assert [p.metadata.name for p in policies] == ["firebreak-quarantine-miner"]
-    assert core.read_namespaced_pod(victim, namespace).metadata.labels[QUARANTINE_LABEL] == "miner"
+    assert core.read_namespaced_pod(victim, namespace).metadata.labels[
+        quarantine_label("miner")] == "true"
     assert apps.read_namespaced_deployment_scale("web", namespace).spec.replicas == 1
     assert status["playbook"] == {"name": playbook, "namespace": OPERATOR_NS}
     assert [(a["step"], a["state"]) for a in status["actions"]] == [
@@ -64,7 +65,7 @@ def test_contain_then_resolve(
                                                                    "by": "alice"}}})
     status = wait_phase(custom, namespace, "miner", "Resolved", op)
     assert networking.list_namespaced_network_policy(namespace).items == []
-    assert QUARANTINE_LABEL not in core.read_namespaced_pod(victim, namespace).metadata.labels
+    assert quarantine_label("miner") not in core.read_namespaced_pod(victim, namespace).metadata.labels
     assert apps.read_namespaced_deployment_scale("web", namespace).spec.replicas == 3
     assert [a["state"] for a in status["actions"]] == ["Reverted", "Reverted"]
 
@@ -99,7 +100,7 @@ def test_dry_run_records_the_plan_and_changes_nothing(
     assert {o["kind"] for o in status["actions"][0]["objects"]} == {"NetworkPolicy", "Pod"}
     assert "from 2 to 0" in status["actions"][1]["message"]
     assert client.NetworkingV1Api(api_client).list_namespaced_network_policy(namespace).items == []
-    assert all(QUARANTINE_LABEL not in p.metadata.labels
+    assert all(not any(k.startswith(QUARANTINE_PREFIX) for k in p.metadata.labels)
                for p in core.list_namespaced_pod(namespace).items)
 
 

@@ -17,7 +17,7 @@ from tests.helpers import deployment, wait_for
 
 pytestmark = pytest.mark.cluster
 
-QUARANTINE = "firebreak.dev/quarantine"
+QUARANTINE = "security.firebreak.dev/flagged"
 
 
 def _settled_version(read: Callable[[], client.V1ObjectMeta]) -> str:

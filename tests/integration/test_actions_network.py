@@ -8,7 +8,12 @@ import pytest
 from kubernetes import client
 
 from firebreak.actions.base import ActionContext
-from firebreak.actions.network import QUARANTINE_LABEL, IsolateNetwork, IsolateNetworkParams
+from firebreak.actions.network import (
+    QUARANTINE_PREFIX,
+    IsolateNetwork,
+    IsolateNetworkParams,
+    quarantine_label,
+)
 from firebreak.actions.workloads import DETACHED_FROM, top_workload
 from tests.helpers import running_pods, wait_for
 
@@ -36,15 +41,17 @@ def test_quarantines_only_the_offending_pod_and_reverts(
 
     networking = client.NetworkingV1Api(api_client)
     policy = networking.read_namespaced_network_policy(prepared.record["policy"], namespace)
-    assert policy.spec.pod_selector.match_labels == {QUARANTINE_LABEL: ctx.incident.key}
+    label = quarantine_label(ctx.incident.key)
+    assert policy.spec.pod_selector.match_labels == {label: "true"}
     assert policy.spec.policy_types == ["Ingress", "Egress"]
     assert policy.spec.ingress[0]._from[0].namespace_selector.match_labels == {
         "kubernetes.io/metadata.name": "forensics"}
     dns = policy.spec.egress[0]
     assert {(p.protocol, p.port) for p in dns.ports} == {("UDP", 53), ("TCP", 53)}
     labels = labels_of(core, namespace, "web")
-    assert labels[victim][QUARANTINE_LABEL] == ctx.incident.key
-    assert all(QUARANTINE_LABEL not in v for k, v in labels.items() if k != victim)
+    assert labels[victim][label] == "true"
+    assert all(not any(key.startswith(QUARANTINE_PREFIX) for key in v)
+               for k, v in labels.items() if k != victim)
 
     # Re-apply changes nothing: same policy, same pod versions.
     policy_version = policy.metadata.resource_version
@@ -58,7 +65,7 @@ def test_quarantines_only_the_offending_pod_and_reverts(
     message = ACTION.revert(ctx, prepared.record)
     assert victim in message
     assert networking.list_namespaced_network_policy(namespace).items == []
-    assert QUARANTINE_LABEL not in labels_of(core, namespace, "web")[victim]
+    assert label not in labels_of(core, namespace, "web")[victim]
     ACTION.revert(ctx, prepared.record)  # idempotent
 
 
@@ -71,7 +78,7 @@ def test_workload_scope_quarantines_every_replica(
     params = ACTION.parse({"scope": "workload", "allowDNS": False})
     prepared = ACTION.prepare(ctx, params)
     ACTION.apply(ctx, params, prepared.record)
-    assert all(v.get(QUARANTINE_LABEL) == ctx.incident.key
+    assert all(v.get(quarantine_label(ctx.incident.key)) == "true"
                for v in labels_of(core, namespace, "api").values())
 
 
@@ -97,7 +104,7 @@ def test_detach_lets_the_replicaset_replace_the_pod(
 
     detached = core.read_namespaced_pod(victim, namespace)
     assert detached.metadata.labels["app"] == "shop-quarantined"
-    assert detached.metadata.labels[QUARANTINE_LABEL] == ctx.incident.key
+    assert detached.metadata.labels[quarantine_label(ctx.incident.key)] == "true"
     # Later steps still find the workload a detached pod came from.
     assert detached.metadata.annotations[DETACHED_FROM] == pods[0].metadata.owner_references[0].name
     assert top_workload(ctx.kube, ctx.target)["metadata"]["name"] == "shop"
@@ -110,7 +117,8 @@ def test_detach_lets_the_replicaset_replace_the_pod(
 
     ACTION.revert(ctx, prepared.record)
     restored = core.read_namespaced_pod(victim, namespace).metadata
-    assert restored.labels["app"] == "shop" and QUARANTINE_LABEL not in restored.labels
+    assert restored.labels["app"] == "shop"
+    assert quarantine_label(ctx.incident.key) not in restored.labels
     assert DETACHED_FROM not in (restored.annotations or {})
     # Adopted again, the ReplicaSet brings its count back to 2 by itself.
     wait_for(lambda: len(running_pods(core, namespace, "shop")) == 2, timeout=60,
@@ -140,3 +148,23 @@ def test_warns_about_policies_that_still_allow_traffic(
     assert len(prepared.warnings) == 1
     assert "NetworkPolicy allow-web also selects" in prepared.warnings[0]
     assert "allows ingress" in prepared.warnings[0]
+
+
+def test_two_incidents_on_one_pod_stay_independent(
+    make_app: Callable[..., list[client.V1Pod]], make_context: Callable[..., ActionContext],
+    core: client.CoreV1Api, api_client: client.ApiClient, namespace: str,
+) -> None:
+    (pod,) = make_app("web", 1)
+    first = make_context("Pod", pod.metadata.name, incident="first")
+    second = make_context("Pod", pod.metadata.name, incident="second")
+    records = []
+    for ctx in (first, second):
+        prepared = ACTION.prepare(ctx, IsolateNetworkParams())
+        ACTION.apply(ctx, IsolateNetworkParams(), prepared.record)
+        records.append(prepared.record)
+
+    ACTION.revert(first, records[0])
+    labels = core.read_namespaced_pod(pod.metadata.name, namespace).metadata.labels
+    assert quarantine_label("second") in labels and quarantine_label("first") not in labels
+    policies = client.NetworkingV1Api(api_client).list_namespaced_network_policy(namespace).items
+    assert [p.metadata.name for p in policies] == ["firebreak-quarantine-second"]

@@ -25,7 +25,8 @@ def test_environment_values_are_parsed() -> None:
 
 
 def test_flags_override_the_environment() -> None:
-    config = load_config({"FIREBREAK_MIN_HEALTHY_REPLICAS": "2"}, min_healthy_replicas=5)
+    config = load_config({"FIREBREAK_MIN_HEALTHY_REPLICAS": "2"},
+                         overrides={"min_healthy_replicas": "5"})
     assert config.min_healthy_replicas == 5
 
 
@@ -34,7 +35,32 @@ def test_flags_override_the_environment() -> None:
     ({"FIREBREAK_MIN_HEALTHY_REPLICAS": "-1"}, "FIREBREAK_MIN_HEALTHY_REPLICAS"),
     ({"FIREBREAK_SNAPSHOT_MAX_BYTES": "10"}, "FIREBREAK_SNAPSHOT_MAX_BYTES"),
     ({"FIREBREAK_NAMESPACE": "  "}, "FIREBREAK_NAMESPACE"),
+    ({"FIREBREAK_WEBHOOK_ADDRESS": "8080"}, "--webhook-address"),
+    ({"FIREBREAK_WEBHOOK_AUTH": "maybe"}, "FIREBREAK_WEBHOOK_AUTH"),
+    ({"FIREBREAK_WEBHOOK_BODY_LIMIT": "12"}, "FIREBREAK_WEBHOOK_BODY_LIMIT"),
+    ({"FIREBREAK_WEBHOOK_TLS_CERT_FILE": "/tls.crt"}, "go together"),
+    ({"FIREBREAK_PROMETHEUS_INTERVAL": "0"}, "FIREBREAK_PROMETHEUS_INTERVAL"),
+    ({"FIREBREAK_TRIVY_MIN_SEVERITY": "SEVERE"}, "FIREBREAK_TRIVY_MIN_SEVERITY"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_config(env)
+
+
+def test_webhook_can_be_disabled_and_has_safe_defaults() -> None:
+    config = load_config({})
+    assert config.webhook_auth == "token"
+    assert config.webhook_body_limit == 1024 * 1024
+    assert config.webhook_host_port == ("0.0.0.0", 8080)
+    assert load_config({"FIREBREAK_WEBHOOK_ADDRESS": ""}).webhook_address == ""
+
+
+def test_every_setting_is_a_flag() -> None:
+    from firebreak.cli import parser
+    from firebreak.config import OperatorConfig
+
+    args = parser().parse_args(["run", "--prometheus-url", "http://127.0.0.1:9090",
+                                "--trivy-min-count", "3"])
+    assert args.prometheus_url == "http://127.0.0.1:9090"
+    config = load_config({}, overrides={f: getattr(args, f) for f in OperatorConfig.model_fields})
+    assert config.trivy_min_count == 3

@@ -27,7 +27,13 @@ from ..selectors import selects
 from .base import Action, ActionContext, Applied, Params, Prepared, ref
 from .workloads import DETACHED_FROM, Obj, controller_of, read_object, target_pods
 
-QUARANTINE_LABEL = "firebreak.dev/quarantine"
+# One label per incident (value "true"), so that two incidents quarantining the same
+# pod never overwrite each other, and a revert removes only its own.
+QUARANTINE_PREFIX = "quarantine.firebreak.dev/"
+
+
+def quarantine_label(key: str) -> str:
+    return f"{QUARANTINE_PREFIX}{key}"
 DETACHED_SUFFIX = "-quarantined"
 
 
@@ -53,7 +59,7 @@ def policy_name(ctx: ActionContext) -> str:
 
 
 def build_isolation_policy(
-    name: str, namespace: str, quarantine_value: str, params: IsolateNetworkParams,
+    name: str, namespace: str, incident_key: str, params: IsolateNetworkParams,
     labels: dict[str, str],
 ) -> dict[str, Any]:
     """The NetworkPolicy that cuts quarantined pods off, but for the allowances."""
@@ -76,7 +82,7 @@ def build_isolation_policy(
         "kind": "NetworkPolicy",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
-            "podSelector": {"matchLabels": {QUARANTINE_LABEL: quarantine_value}},
+            "podSelector": {"matchLabels": {quarantine_label(incident_key): "true"}},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": ingress,
             "egress": egress,
@@ -159,7 +165,7 @@ class IsolateNetwork(Action):
         for pod, entry in zip(pods, record_pods, strict=True):
             labels = dict(pod["metadata"].get("labels") or {})
             labels.update({k: new for k, (_, new) in entry.get("detach", {}).items()})
-            labels[QUARANTINE_LABEL] = ctx.incident.key
+            labels[quarantine_label(ctx.incident.key)] = "true"
             after[entry["name"]] = labels
         others = raw(ctx.kube.networking.list_namespaced_network_policy, namespace)["items"]
         warnings = permissive_overlaps(others, after, policy)
@@ -195,7 +201,7 @@ class IsolateNetwork(Action):
             if current is None or current["metadata"]["uid"] != entry["uid"]:
                 gone.append(entry["name"])
                 continue
-            labels = {QUARANTINE_LABEL: ctx.incident.key}
+            labels = {quarantine_label(ctx.incident.key): "true"}
             labels.update({k: new for k, (_, new) in entry.get("detach", {}).items()})
             annotations = ({DETACHED_FROM: entry["detachedFrom"]}
                            if "detachedFrom" in entry else {})
@@ -216,7 +222,7 @@ class IsolateNetwork(Action):
             current = read_raw(ctx.kube.core.read_namespaced_pod, entry["name"], namespace)
             if current is None or current["metadata"]["uid"] != entry["uid"]:
                 continue
-            labels: dict[str, str | None] = {QUARANTINE_LABEL: None}
+            labels: dict[str, str | None] = {quarantine_label(ctx.incident.key): None}
             labels.update({k: old for k, (old, _) in entry.get("detach", {}).items()})
             annotations: dict[str, str | None] = (
                 {DETACHED_FROM: None} if "detachedFrom" in entry else {})

@@ -1,0 +1,1 @@
+"""Sources turn foreign payloads into ``Signal``s. A source never touches a workload."""

@@ -1,0 +1,245 @@
+"""Trivy Operator VulnerabilityReports, judged against thresholds, as signals.
+
+The Trivy Operator writes one VulnerabilityReport per workload container, and
+rewrites it whenever it rescans (by default every 24 hours, as a new object).
+Most reports list findings nobody can act on today, so a report raises a signal
+only when enough findings pass the configured thresholds; and its fingerprint
+is built from what was found, not from the report object, so a rescan with the
+same findings updates the existing incident while a new CVE opens a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from ..api import Severity, Source, Target, TargetKind
+from .signal import Signal, fingerprint_of
+
+TrivySeverity = Literal["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"]
+
+# Trivy's own order, lowest first.
+_RANK: dict[str, int] = {"UNKNOWN": 0, "LOW": 1, "MEDIUM": 2, "HIGH": 3, "CRITICAL": 4}
+_SEVERITY: dict[str, Severity] = {
+    "CRITICAL": Severity.critical, "HIGH": Severity.high, "MEDIUM": Severity.medium,
+    "LOW": Severity.low, "UNKNOWN": Severity.info,
+}
+
+# The labels (and annotation) the Trivy Operator puts on every report to name the
+# scanned workload. ownerReferences only say which object owns the report.
+LABEL_KIND = "trivy-operator.resource.kind"
+LABEL_NAME = "trivy-operator.resource.name"
+LABEL_NAME_HASH = "trivy-operator.resource.name-hash"
+LABEL_NAMESPACE = "trivy-operator.resource.namespace"
+LABEL_CONTAINER = "trivy-operator.container.name"
+# When the name does not fit a label value (over 63 characters) the operator
+# writes LABEL_NAME_HASH instead and keeps the real name in this annotation.
+ANNOTATION_NAME = "trivy-operator.resource.name"
+
+ALERT_NAME = "VulnerableWorkload"
+_DESCRIBED = 20  # findings listed in the description; the rest are counted
+
+
+class TrivyThresholds(BaseModel):
+    """Which findings count, and how many make a signal."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_severity: TrivySeverity = "CRITICAL"
+    require_fix: bool = Field(
+        default=True, description="Count only findings with a non-empty fixedVersion.")
+    min_count: int = Field(default=1, ge=1)
+
+
+class _Wire(BaseModel):
+    # extra="allow": reports carry much more (links, os, summary, managedFields)
+    # and gain fields across Trivy releases; only what is used here is checked.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True)
+
+
+class _Vulnerability(_Wire):
+    vulnerability_id: str = Field(alias="vulnerabilityID", min_length=1)
+    severity: TrivySeverity
+    fixed_version: str = ""
+    installed_version: str = ""
+    resource: str = ""
+    score: float | None = None
+
+    @field_validator("fixed_version", "installed_version", "resource", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+
+class _Artifact(_Wire):
+    repository: str | None = None
+    tag: str | None = None
+    digest: str | None = None
+
+
+class _Registry(_Wire):
+    server: str | None = None
+
+
+class _ReportBody(_Wire):
+    artifact: _Artifact | None = None
+    registry: _Registry | None = None
+    update_timestamp: AwareDatetime | None = None
+    vulnerabilities: list[_Vulnerability] = Field(default_factory=list)
+
+    @field_validator("vulnerabilities", mode="before")
+    @classmethod
+    def _null_is_none_found(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+
+class _OwnerReference(_Wire):
+    kind: str
+    name: str
+    controller: bool | None = None
+
+
+class _Metadata(_Wire):
+    name: str
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    owner_references: list[_OwnerReference] = Field(default_factory=list)
+
+
+class VulnerabilityReport(_Wire):
+    """An ``aquasecurity.github.io/v1alpha1`` VulnerabilityReport, as far as it is read."""
+
+    api_version: Literal["aquasecurity.github.io/v1alpha1"]
+    kind: Literal["VulnerabilityReport"]
+    metadata: _Metadata
+    report: _ReportBody
+
+
+def _subject(meta: _Metadata) -> tuple[str | None, str | None, str | None]:
+    """Kind, namespace and name of the scanned workload."""
+    owner = next((o for o in meta.owner_references if o.controller), None)
+    kind = meta.labels.get(LABEL_KIND) or (owner.kind if owner else None)
+    name = meta.labels.get(LABEL_NAME) or meta.annotations.get(ANNOTATION_NAME)
+    if not name and owner and owner.kind == kind:
+        # Hashed label and no annotation (older operators): the owner is the workload.
+        name = owner.name
+    namespace = meta.labels.get(LABEL_NAMESPACE) or meta.namespace
+    return kind, namespace, name
+
+
+_TARGET_KINDS = {kind.value: kind for kind in TargetKind}
+
+
+def _target(kind: str | None, namespace: str | None, name: str | None) -> Target | None:
+    # Kinds Firebreak cannot act on (CronJob, ReplicationController...) get no
+    # target; the signal still records them in its labels.
+    target_kind = _TARGET_KINDS.get(kind or "")
+    if target_kind is None or not name:
+        return None
+    if target_kind is TargetKind.node:
+        return Target(kind=target_kind, name=name)
+    if not namespace:
+        return None
+    return Target(kind=target_kind, namespace=namespace, name=name)
+
+
+def _image(body: _ReportBody) -> str | None:
+    artifact = body.artifact
+    if not artifact or not artifact.repository:
+        return None
+    image = artifact.repository
+    if body.registry and body.registry.server:
+        image = f"{body.registry.server}/{image}"
+    if artifact.tag:
+        return f"{image}:{artifact.tag}"
+    if artifact.digest:
+        return f"{image}@{artifact.digest}"
+    return image
+
+
+def _plural(count: int) -> str:
+    return "vulnerability" if count == 1 else "vulnerabilities"
+
+
+def signal_from_vulnerability_report(
+    report: Mapping[str, Any], thresholds: TrivyThresholds | None = None,
+) -> Signal | None:
+    """The signal a VulnerabilityReport raises, or None when too few findings pass.
+
+    Raises pydantic's ``ValidationError`` when ``report`` is not a well-formed
+    VulnerabilityReport.
+    """
+    limits = thresholds or TrivyThresholds()
+    parsed = VulnerabilityReport.model_validate(dict(report))
+    body = parsed.report
+
+    floor = _RANK[limits.min_severity]
+    passing = [
+        v for v in body.vulnerabilities
+        if _RANK[v.severity] >= floor and (not limits.require_fix or v.fixed_version.strip())
+    ]
+    if len(passing) < limits.min_count:
+        return None
+    # Worst first; among equals the higher score, then the ID, so the order (and
+    # the top finding) does not depend on the order Trivy listed them in.
+    passing.sort(key=lambda v: (-_RANK[v.severity], -(v.score or 0.0), v.vulnerability_id))
+    top = passing[0]
+    ids = sorted({v.vulnerability_id for v in passing})
+
+    kind, namespace, name = _subject(parsed.metadata)
+    container = parsed.metadata.labels.get(LABEL_CONTAINER)
+    image = _image(body)
+    # Identity of the finding, not of the report object: no uid or timestamps,
+    # which change when Trivy re-creates the report. The report's name (derived
+    # from the workload, so stable) stands in only when the workload's is unknown.
+    fingerprint = fingerprint_of(kind, namespace, name or parsed.metadata.name, container, *ids)
+
+    count = len(passing)
+    fixable = "fixable " if limits.require_fix else ""
+    severities = sorted({v.severity for v in passing}, key=lambda s: -_RANK[s])
+    if len(severities) == 1:
+        what = f"{count} {fixable}{severities[0]} {_plural(count)}"
+    else:
+        tally = ", ".join(
+            f"{sum(v.severity == s for v in passing)} {s}" for s in severities)
+        what = f"{count} {fixable}{_plural(count)} ({tally})"
+    subject = f"{(kind or 'workload').lower()} {name or parsed.metadata.name}"
+    title = f"{what} in {container or image or subject} ({subject})"
+
+    lines = [
+        f"{v.vulnerability_id} ({v.severity}) in {v.resource or '?'} {v.installed_version}".rstrip()
+        + (f", fixed in {v.fixed_version}" if v.fixed_version else ", no fix yet")
+        for v in passing[:_DESCRIBED]
+    ]
+    if count > _DESCRIBED:
+        lines.append(f"... and {count - _DESCRIBED} more")
+    if image:
+        lines.insert(0, f"Image: {image}")
+
+    labels = {
+        "trivy_resource_kind": kind or "",
+        "trivy_resource_name": name or "",
+        "vulnerabilities": str(count),
+        "top_vulnerability": top.vulnerability_id,
+    }
+    if container:
+        labels["container"] = container
+    if image:
+        labels["image"] = image
+
+    return Signal(
+        source=Source.trivy,
+        fingerprint=fingerprint,
+        severity=_SEVERITY[top.severity],
+        title=title,
+        description="\n".join(lines),
+        alert_name=ALERT_NAME,
+        target=_target(kind, namespace, name),
+        labels={key: value for key, value in labels.items() if value},
+        time=body.update_timestamp,
+    )
