@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.controlplane import LocalCluster
+from tests.controlplane.cluster import _free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 NS = "shop"
-INCIDENT = "miner-in-storefront"
 
 
 def say(text: str) -> None:
@@ -55,15 +57,22 @@ def main() -> int:
 
         with tempfile.TemporaryDirectory(prefix="firebreak-demo-") as tmp:
             log_path = Path(tmp) / "operator.log"
-            say("Running the operator: firebreak run")
+            token_file = Path(tmp) / "token"
+            token_file.write_text(secrets.token_urlsafe(24))
+            (port,) = _free_ports(1)
+            webhook = f"http://127.0.0.1:{port}"
+            say(f"Running the operator: firebreak run (alert webhook on {webhook})")
             with log_path.open("wb") as log:
                 operator = subprocess.Popen(
                     [str(Path(sys.executable).parent / "firebreak"), "run",
-                     f"--kubeconfig={cluster.kubeconfig}", "--namespace=firebreak-system"],
+                     f"--kubeconfig={cluster.kubeconfig}", "--namespace=firebreak-system",
+                     f"--webhook-address=127.0.0.1:{port}", f"--webhook-token-file={token_file}"],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
             try:
-                return run_incident(cluster, victim, operator, log_path)
+                wait_ready(webhook, operator, log_path)
+                return run_incident(cluster, victim, operator, log_path, webhook,
+                                    token_file.read_text())
             finally:
                 operator.terminate()
                 operator.wait(timeout=20)
@@ -92,33 +101,58 @@ def watch_phases(cluster: LocalCluster, until: str, operator: subprocess.Popen[b
     raise SystemExit(f"the incident did not reach {until}")
 
 
+def wait_ready(webhook: str, operator: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if operator.poll() is not None:
+            raise SystemExit(f"the operator stopped:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{webhook}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the operator's webhook did not become ready")
+
+
 def run_incident(cluster: LocalCluster, victim: str, operator: subprocess.Popen[bytes],
-                 log_path: Path) -> int:
+                 log_path: Path, webhook: str, token: str) -> int:
     kubectl = cluster.kubectl
-    say(f"An alert: a crypto-miner in pod {victim}. Creating the SecurityIncident")
-    incident = {
-        "apiVersion": "firebreak.dev/v1alpha1", "kind": "SecurityIncident",
-        "metadata": {"name": INCIDENT, "namespace": NS},
-        "spec": {"source": "manual", "severity": "critical", "alertName": "CryptoMinerDetected",
-                 "title": f"Stratum mining traffic from {victim}",
-                 "target": {"kind": "Pod", "namespace": NS, "name": victim}},
+    say(f"An alert: a crypto-miner in pod {victim}. Alertmanager posts it to the webhook")
+    alert = {
+        "version": "4", "status": "firing", "receiver": "firebreak", "groupLabels": {},
+        "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://alertmanager",
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": "CryptoMinerDetected", "severity": "critical",
+                       "namespace": NS, "pod": victim},
+            "annotations": {"summary": f"Stratum mining traffic from {victim}"},
+            "startsAt": "2026-11-25T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+        }],
     }
-    kubectl("apply", "-f", "-", input=json.dumps(incident))
+    request = urllib.request.Request(
+        f"{webhook}/alertmanager", data=json.dumps(alert).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    print(f"HTTP {response.status}: {answer}")
+    incident = answer["incidents"][0]["name"]  # derived from the fingerprint
     watch_phases(cluster, "Contained", operator, log_path)
 
     say("Contained. The isolating NetworkPolicy and the quarantined pod:")
     print(kubectl("get", "networkpolicy", "-n", NS))
-    print(kubectl("get", "pods", "-n", NS, "-L", f"quarantine.firebreak.dev/{INCIDENT}"))
+    print(kubectl("get", "pods", "-n", NS, "-L", f"quarantine.firebreak.dev/{incident}"))
     print(kubectl("get", "deployment", "storefront", "-n", NS))
-    print(kubectl("get", "securityincident", INCIDENT, "-n", NS, "-o",
+    print(kubectl("get", "securityincident", incident, "-n", NS, "-o",
                   "jsonpath={range .status.actions[*]}{.step}{'\\t'}{.state}{'\\t'}"
                   "{.message}{'\\n'}{end}"))
-    seconds = kubectl("get", "securityincident", INCIDENT, "-n", NS, "-o",
+    seconds = kubectl("get", "securityincident", incident, "-n", NS, "-o",
                       "jsonpath={.status.timeToContainSeconds}")
-    print(f"time to contain: {seconds}s (from the incident's creation)")
+    print(f"time to contain: {seconds}s (from the alert's arrival)")
 
     say("A person resolves it: kubectl patch ... spec.resolution")
-    kubectl("patch", "securityincident", INCIDENT, "-n", NS, "--type=merge", "-p",
+    kubectl("patch", "securityincident", incident, "-n", NS, "--type=merge", "-p",
             json.dumps({"spec": {"resolution": {"reason": "miner removed, image rebuilt",
                                                 "by": "demo"}}}))
     watch_phases(cluster, "Resolved", operator, log_path)
@@ -127,11 +161,11 @@ def run_incident(cluster: LocalCluster, victim: str, operator: subprocess.Popen[
     policies = kubectl("get", "networkpolicy", "-n", NS, "-o", "name")
     print(f"NetworkPolicies in {NS}: {policies.strip() or 'none'}")
     kubectl("rollout", "status", "deployment/storefront", "-n", NS, "--timeout=90s")
-    print(kubectl("get", "pods", "-n", NS, "-L", f"quarantine.firebreak.dev/{INCIDENT}"))
+    print(kubectl("get", "pods", "-n", NS, "-L", f"quarantine.firebreak.dev/{incident}"))
     print(kubectl("get", "deployment", "storefront", "-n", NS))
     print(kubectl("get", "secrets", "-n", NS, "-l", "firebreak.dev/evidence=true"))
     print(kubectl("get", "events", "-n", NS, "--field-selector",
-                  f"involvedObject.name={INCIDENT}", "--sort-by=.lastTimestamp"))
+                  f"involvedObject.name={incident}", "--sort-by=.lastTimestamp"))
     return 0 if not policies.strip() else 1
 
 

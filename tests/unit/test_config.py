@@ -64,3 +64,14 @@ def test_every_setting_is_a_flag() -> None:
     assert args.prometheus_url == "http://127.0.0.1:9090"
     config = load_config({}, overrides={f: getattr(args, f) for f in OperatorConfig.model_fields})
     assert config.trivy_min_count == 3
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    from firebreak.config import OperatorConfig, env_name, flag_name
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [f for f in OperatorConfig.model_fields
+               if f"`{env_name(f)}` | `{flag_name(f)}`" not in readme]
+    assert missing == []

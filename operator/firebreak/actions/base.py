@@ -55,11 +55,12 @@ class IncidentRef:
 
     @property
     def key(self) -> str:
-        """A label-value-safe identity (<= 63 chars) used in names and labels."""
-        if len(self.name) <= 40:
+        """An identity that fits a label name (<= 63 chars), used in the names and
+        labels of what the incident creates: the name itself when it fits."""
+        if len(self.name) <= 63:
             return self.name
         digest = hashlib.sha256(f"{self.namespace}/{self.name}".encode()).hexdigest()[:10]
-        return f"{self.name[:29].rstrip('-.')}-{digest}"
+        return f"{self.name[:52].rstrip('-.')}-{digest}"
 
 
 @dataclass(frozen=True)

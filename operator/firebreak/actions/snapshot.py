@@ -34,13 +34,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import urllib3
 import yaml
-from kubernetes.client.exceptions import ApiException
 from pydantic import Field
 
 from ..api import ActionName, TargetKind
-from ..kube import ApiError, Kube, TemporaryApiError, call, classify, create, raw, read_raw
+from ..kube import ApiError, Kube, TemporaryApiError, call, create, raw, read_raw
 from .base import Action, ActionContext, ActionRefused, Applied, Params, Prepared, ref
 from .workloads import Obj, controller_of, owner_chain, pods_of, read_object, read_target
 
@@ -174,19 +172,14 @@ def _containers(pod: Obj) -> list[tuple[str, bool]]:
 
 def _read_log(kube: Kube, pod: Obj, container: str, *, tail_lines: int, limit_bytes: int,
               previous: bool) -> str:
-    """One attempt at a container log.
-
-    Not through ``kube.call``: its retries (for half a minute) suit writes that must
-    happen, not a log the kubelet cannot serve, where each retry would hold the step.
-    """
+    """One attempt at a container log: retries (which suit writes that must happen)
+    would only hold the step for a log the kubelet cannot serve."""
     meta = pod["metadata"]
-    try:
-        response: Any = kube.core.read_namespaced_pod_log(
-            meta["name"], meta["namespace"], container=container, tail_lines=tail_lines,
-            limit_bytes=limit_bytes, previous=previous or None,
-            _request_timeout=LOG_TIMEOUT_SECONDS, _preload_content=False)
-    except (ApiException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
-        raise classify(exc) from exc
+    response: Any = call(
+        kube.core.read_namespaced_pod_log, meta["name"], meta["namespace"],
+        container=container, tail_lines=tail_lines, limit_bytes=limit_bytes,
+        previous=previous or None, _request_timeout=LOG_TIMEOUT_SECONDS,
+        _preload_content=False, retry_for=0)
     data: bytes = response.data
     return data.decode("utf-8", errors="replace")
 
