@@ -59,6 +59,7 @@ unit: install
 lint: install
 	$(VENV)/bin/ruff check operator tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 ## A local control plane left running; kubeconfig at .cluster/kubeconfig.
 cluster: controlplane

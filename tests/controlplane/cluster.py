@@ -62,6 +62,8 @@ CONTROLLERS = (
     "node-lifecycle-controller",
 )
 STOP_GRACE_SECONDS = 10.0
+WORKDIR_PREFIX = "firebreak-cluster-"
+OWNER_FILE = "owner.pid"
 PR_SET_PDEATHSIG = 1
 
 
@@ -222,8 +224,11 @@ class LocalCluster:
     def started(cls, nodes: int = 3, workdir: Path | None = None) -> Iterator[LocalCluster]:
         """Start a cluster tied to this process; stop it and remove its files on exit."""
         owned = workdir is None
-        root = Path(tempfile.mkdtemp(prefix="firebreak-cluster-")) if owned else workdir
+        if owned:
+            _remove_abandoned_workdirs()
+        root = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX)) if owned else workdir
         assert root is not None
+        (root / OWNER_FILE).write_text(str(os.getpid()))
         cluster = cls(root, ensure_binaries(), nodes=nodes)
         try:
             cluster.start()
@@ -494,6 +499,18 @@ def _alive(pid: int) -> bool:
         if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
             return False
     return True
+
+
+def _remove_abandoned_workdirs() -> None:
+    """A run that was SIGKILLed took its processes with it (PR_SET_PDEATHSIG) but could
+    not remove its folder; the next run does, once the owner is gone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            owner = int((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _node_manifest(name: str) -> dict[str, object]:
