@@ -168,3 +168,22 @@ def test_two_incidents_on_one_pod_stay_independent(
     assert quarantine_label("second") in labels and quarantine_label("first") not in labels
     policies = client.NetworkingV1Api(api_client).list_namespaced_network_policy(namespace).items
     assert [p.metadata.name for p in policies] == ["firebreak-quarantine-second"]
+
+
+def test_same_incident_name_in_another_namespace_is_refused_not_merged(
+    make_app: Callable[..., list[client.V1Pod]], make_context: Callable[..., ActionContext],
+    namespace: str,
+) -> None:
+    import dataclasses
+
+    from firebreak.actions.base import ActionRefused, IncidentRef
+
+    (pod,) = make_app("web", 1)
+    ours = make_context("Pod", pod.metadata.name, incident="miner")
+    prepared = ACTION.prepare(ours, IsolateNetworkParams())
+    ACTION.apply(ours, IsolateNetworkParams(), prepared.record)
+    ACTION.apply(ours, IsolateNetworkParams(), prepared.record)  # our own re-apply is fine
+
+    theirs = dataclasses.replace(ours, incident=IncidentRef("elsewhere", "miner", "uid-2"))
+    with pytest.raises(ActionRefused, match="belongs to incident"):
+        ACTION.apply(theirs, IsolateNetworkParams(), ACTION.prepare(theirs, IsolateNetworkParams()).record)

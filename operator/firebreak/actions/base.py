@@ -31,6 +31,7 @@ from ..kube import Kube
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "firebreak"}
 INCIDENT_LABEL = "firebreak.dev/incident"
+INCIDENT_NAMESPACE_LABEL = "firebreak.dev/incident-namespace"
 
 
 class Params(BaseModel):
@@ -74,7 +75,8 @@ class ActionContext:
     now: dt.datetime
 
     def managed_labels(self) -> dict[str, str]:
-        return {**MANAGED_BY, INCIDENT_LABEL: self.incident.key}
+        return {**MANAGED_BY, INCIDENT_LABEL: self.incident.key,
+                INCIDENT_NAMESPACE_LABEL: self.incident.namespace}
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,17 @@ from pydantic import Field
 from ..api import ActionName
 from ..kube import create, delete, raw, read_raw
 from ..selectors import selects
-from .base import Action, ActionContext, Applied, Params, Prepared, ref
+from .base import (
+    INCIDENT_LABEL,
+    INCIDENT_NAMESPACE_LABEL,
+    Action,
+    ActionContext,
+    ActionRefused,
+    Applied,
+    Params,
+    Prepared,
+    ref,
+)
 from .workloads import DETACHED_FROM, Obj, controller_of, read_object, target_pods
 
 # One label per incident (value "true"), so that two incidents quarantining the same
@@ -194,7 +204,8 @@ class IsolateNetwork(Action):
         namespace = record["namespace"]
         body = build_isolation_policy(record["policy"], namespace, ctx.incident.key, params,
                                       ctx.managed_labels())
-        create(ctx.kube.networking.create_namespaced_network_policy, namespace, body)
+        if create(ctx.kube.networking.create_namespaced_network_policy, namespace, body) is None:
+            self._check_owner(ctx, namespace, record["policy"])
         labelled, gone = [], []
         for entry in record["pods"]:
             current = read_raw(ctx.kube.core.read_namespaced_pod, entry["name"], namespace)
@@ -214,6 +225,19 @@ class IsolateNetwork(Action):
         if gone:
             message += f"; gone before labelling: {', '.join(gone)}"
         return Applied(message=message, record=record)
+
+    @staticmethod
+    def _check_owner(ctx: ActionContext, namespace: str, name: str) -> None:
+        """A policy of that name already exists: fine if this incident made it (a
+        re-apply), refused if another incident with the same name did."""
+        existing = read_raw(ctx.kube.networking.read_namespaced_network_policy, name, namespace)
+        labels = (existing or {}).get("metadata", {}).get("labels") or {}
+        owner = labels.get(INCIDENT_NAMESPACE_LABEL)
+        if existing is not None and owner not in (None, ctx.incident.namespace):
+            raise ActionRefused(
+                f"NetworkPolicy {namespace}/{name} belongs to incident {owner}/"
+                f"{labels.get(INCIDENT_LABEL)}, an incident of the same name in another "
+                f"namespace; rename one of the incidents")
 
     def revert(self, ctx: ActionContext, record: dict[str, Any]) -> str:
         namespace = record["namespace"]
