@@ -118,6 +118,7 @@ def test_snapshot_of_a_deployment_stores_objects_events_and_skipped_logs(
     assert secret.immutable is True
     assert secret.metadata.labels == {"app.kubernetes.io/managed-by": "firebreak",
                                       "firebreak.dev/incident": "incident-1",
+                                      "firebreak.dev/incident-namespace": namespace,
                                       "firebreak.dev/evidence": "true"}
     files = _secret_files(secret)
     index = _index(files)
