@@ -18,6 +18,8 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 INCIDENT_PLURAL = "securityincidents"
 PLAYBOOK_PLURAL = "responseplaybooks"
+# Held by every incident until its applied steps are reverted (see handlers.release).
+FINALIZER = f"{GROUP}/finalizer"
 
 
 class Model(BaseModel):

@@ -14,7 +14,7 @@ import kopf
 from pydantic import ValidationError
 
 from .actions import registry
-from .api import GROUP, INCIDENT_PLURAL, PLAYBOOK_PLURAL, VERSION, ResponsePlaybookSpec
+from .api import FINALIZER, GROUP, INCIDENT_PLURAL, PLAYBOOK_PLURAL, VERSION, ResponsePlaybookSpec
 from .config import OperatorConfig
 from .engine import Engine, RetryLater
 from .events import EventPoster
@@ -30,7 +30,7 @@ ALL = None  # the playbook index keeps every playbook under one key
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")

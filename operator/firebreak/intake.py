@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from .actions.workloads import owner_chain, read_object
-from .api import GROUP, INCIDENT_PLURAL, PLAYBOOK_PLURAL, VERSION, ReleasePolicy, TargetKind
+from .api import FINALIZER, GROUP, INCIDENT_PLURAL, PLAYBOOK_PLURAL, VERSION, ReleasePolicy, TargetKind
 from .config import OperatorConfig
 from .kube import ApiError, Kube, PermanentApiError, call, create, read
 from .sources.signal import Signal, SignalStatus, incident_name
@@ -171,7 +171,10 @@ class Intake:
         return {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "SecurityIncident",
-            "metadata": {"labels": {"firebreak.dev/source": signal.source.value}},
+            # Set at creation, the finalizer spares the operator the extra write (and
+            # round trip) of adding it before the first step can run.
+            "metadata": {"labels": {"firebreak.dev/source": signal.source.value},
+                         "finalizers": [FINALIZER]},
             "spec": spec,
         }
 
