@@ -192,3 +192,40 @@ async def test_unreachable_api_server_gets_503(tmp_path: Path) -> None:
         assert "retry" in body["error"]
     finally:
         await server.close()
+
+
+async def test_token_from_a_secret_and_tls(kube: Kube, core: client.CoreV1Api,
+                                           cluster: Any, tmp_path: Path) -> None:
+    """The token can live in a Secret of the operator's namespace, and the webhook can
+    serve HTTPS with certificate files."""
+    import base64
+    import ssl
+
+    cluster.kubectl("apply", "-f", "manifests/namespace.yaml")
+    name = f"webhook-token-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    core.create_namespaced_secret(OPERATOR_NS, client.V1Secret(
+        metadata=client.V1ObjectMeta(name=name),
+        data={"token": base64.b64encode(b"from-a-secret").decode()}))
+    # The local control plane's serving certificate is valid for 127.0.0.1.
+    config = OperatorConfig(namespace=OPERATOR_NS, webhook_token_secret=name,
+                            webhook_address="127.0.0.1:0",
+                            webhook_tls_cert_file=cluster.pki / "apiserver.crt",
+                            webhook_tls_key_file=cluster.pki / "apiserver.key")
+    hook = Webhook(config, Intake(kube, config), TokenSource(config, kube))
+    await hook.start()
+    try:
+        assert hook._runner is not None
+        port = hook._runner.addresses[0][1]
+        trust = ssl.create_default_context(cafile=str(cluster.pki / "ca.crt"))
+        async with ClientSession() as session:
+            for token, expected in (("from-a-secret", 400), ("wrong", 401)):
+                async with session.post(f"https://127.0.0.1:{port}/alertmanager", data=b"{}",
+                                        headers={"Authorization": f"Bearer {token}"},
+                                        ssl=trust) as response:
+                    # 400: authenticated, then refused as an empty payload.
+                    assert response.status == expected
+            async with session.get(f"https://127.0.0.1:{port}/readyz", ssl=trust) as response:
+                assert response.status == 200
+    finally:
+        await hook.stop()
+        core.delete_namespaced_secret(name, OPERATOR_NS)
