@@ -188,9 +188,11 @@ class Run:
             return
         triaged = c.find(self.conditions, c.TRIAGED)
         if triaged is None or triaged.status is ConditionStatus.unknown:
+            # Not persisted on its own: the first step's record carries it (one write
+            # less per incident); re-triaging after a crash here gives the same plan.
             self.triage(playbooks)
-            self.persist()
         if not c.is_true(self.conditions, c.TRIAGED):
+            self.persist()
             return
         if not self.approve(playbooks):
             return
@@ -360,7 +362,6 @@ class Run:
             _, _, p = prepared
             self._finish(index, StepState.planned, f"would {p.message}", objects=p.objects,
                          warnings=p.warnings or None)
-            self.persist()
         planned = sum(s.state is StepState.planned for s in self.steps)
         self.condition(c.CONTAINED, ConditionStatus.false, c.DRY_RUN,
                        f"dry run: {planned} of {len(self.steps)} steps planned, nothing changed")
@@ -399,18 +400,20 @@ class Run:
                            "no step could be applied")
 
     def _run_step(self, index: int) -> None:
+        """Run one step. Its decision is persisted before it is applied; its outcome
+        travels with the next write (the next step's decision, or the final status),
+        so it is always on record before anything else changes."""
         step = self.steps[index]
         if step.state is StepState.pending:
             prepared = self._prepare(index)
             if prepared is None:
-                self.persist()
                 return
             action, params, p = prepared
             step = self.set_step(index, state=StepState.running, started_at=self.now,
                                  message=p.message, objects=p.objects, revert=p.record,
                                  warnings=p.warnings or None)
             for warning in p.warnings:
-                self.note("QuarantineBypassed", warning, warning=True)
+                self.note("StepWarning", warning, warning=True)
             self.persist()
         else:  # Running: a previous run recorded the decision, then stopped.
             action = self.engine.actions[step.action]
@@ -419,12 +422,10 @@ class Run:
             result = action.apply(self.context(step), params, dict(step.revert or {}))
         except (ActionRefused, PermanentApiError) as exc:
             self._finish(index, StepState.failed, str(exc))
-            self.persist()
             return
         self._finish(index, StepState.applied, result.message,
                      revert=result.record if action.revertible else None,
                      warnings=[*(step.warnings or []), *result.warnings] or None)
-        self.persist()
 
     def _seconds_since_first_signal(self) -> float:
         first = self.status.first_seen

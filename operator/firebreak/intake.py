@@ -20,11 +20,12 @@ import datetime as dt
 import logging
 import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from .actions.workloads import owner_chain, read_object
+from .actions.workloads import controller_of, read_object
 from .api import FINALIZER, GROUP, INCIDENT_PLURAL, PLAYBOOK_PLURAL, VERSION, ReleasePolicy, TargetKind
 from .config import OperatorConfig
 from .kube import ApiError, Kube, PermanentApiError, call, create, read
@@ -40,6 +41,7 @@ CONFLICT_RETRIES = 20
 LABEL_LIMIT = 64
 LABEL_VALUE_LIMIT = 256
 LOCK_STRIPES = 64
+RECENT_LIMIT = 10_000
 WORKLOAD_KIND_LABEL = "firebreak.dev/workload-kind"
 WORKLOAD_NAME_LABEL = "firebreak.dev/workload-name"
 
@@ -73,6 +75,8 @@ class Intake:
         # Deliveries of one alert are serialised in this process (no self-inflicted
         # conflicts); across processes, resourceVersion preconditions do the same.
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     def namespace_for(self, signal: Signal) -> str:
         """Incidents live with their target, so that team playbooks can answer them;
@@ -97,9 +101,12 @@ class Intake:
     def _fire(self, namespace: str, base: str, signal: Signal) -> Recorded:
         now = self.clock()
         body: dict[str, Any] | None = None
+        # A fingerprint not seen lately is most likely new: try to create at once
+        # (no read), and fall back to reading on a conflict.
+        fresh = self._remember(namespace, base)
         for generation in range(1, SUCCESSOR_LIMIT + 1):
             name = base if generation == 1 else f"{base}-{generation}"
-            existing = self._read(namespace, name)
+            existing = None if fresh and generation == 1 else self._read(namespace, name)
             if existing is None:
                 body = body or self._incident(signal)
                 created = cast(dict[str, Any] | None, create(
@@ -118,6 +125,17 @@ class Intake:
             return Recorded(namespace, name, "updated")
         raise PermanentApiError(
             f"{SUCCESSOR_LIMIT} resolved incidents already exist for {namespace}/{base}")
+
+    def _remember(self, namespace: str, base: str) -> bool:
+        """Note a fingerprint's incident; True when it was not seen recently."""
+        key = (namespace, base)
+        with self._recent_lock:
+            seen = key in self._recent
+            self._recent[key] = None
+            self._recent.move_to_end(key)
+            while len(self._recent) > RECENT_LIMIT:
+                self._recent.popitem(last=False)
+        return not seen
 
     def _read(self, namespace: str, name: str) -> dict[str, Any] | None:
         result = read(self.kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
@@ -181,24 +199,30 @@ class Intake:
     def _relate_to_workload(self, signal: Signal, labels: dict[str, str]
                             ) -> tuple[Any, dict[str, str]]:
         """Name the workload behind a pod (ReplicaSet -> Deployment) in the labels, so
-        playbooks can match on it; a ReplicaSet target becomes its Deployment."""
+        playbooks can match on it; a ReplicaSet target becomes its Deployment.
+
+        Follows controller references only as far as needed: the Deployment's name is
+        on its ReplicaSet, so the Deployment itself is never read."""
         target = signal.target
         assert target is not None
         try:
             obj = read_object(self.kube, target.kind.value, target.namespace, target.name)
-            chain = owner_chain(self.kube, obj) if obj is not None else []
+            owner = controller_of(obj) if obj is not None else None
+            if owner is not None and owner["kind"] == "ReplicaSet":
+                replicaset = read_object(self.kube, "ReplicaSet", target.namespace,
+                                         owner["name"])
+                owner = (controller_of(replicaset) if replicaset is not None else None) or owner
         except ApiError as exc:
             if exc.status == 403:
                 return target, labels
             raise
-        if not chain:
+        if owner is None:
             return target, labels
-        top = chain[-1]
-        labels = {**labels, WORKLOAD_KIND_LABEL: top["kind"],
-                  WORKLOAD_NAME_LABEL: top["metadata"]["name"]}
-        if target.kind is TargetKind.replica_set and top["kind"] in ("Deployment",):
+        labels = {**labels, WORKLOAD_KIND_LABEL: owner["kind"],
+                  WORKLOAD_NAME_LABEL: owner["name"]}
+        if target.kind is TargetKind.replica_set and owner["kind"] == "Deployment":
             target = target.model_copy(update={"kind": TargetKind.deployment,
-                                               "name": top["metadata"]["name"]})
+                                               "name": owner["name"]})
         return target, labels
 
     # --- resolved ---------------------------------------------------------------

@@ -187,3 +187,17 @@ def test_same_incident_name_in_another_namespace_is_refused_not_merged(
     theirs = dataclasses.replace(ours, incident=IncidentRef("elsewhere", "miner", "uid-2"))
     with pytest.raises(ActionRefused, match="belongs to incident"):
         ACTION.apply(theirs, IsolateNetworkParams(), ACTION.prepare(theirs, IsolateNetworkParams()).record)
+
+
+def test_a_pod_replaced_under_the_same_name_is_not_quarantined(
+    make_app: Callable[..., list[client.V1Pod]], make_context: Callable[..., ActionContext],
+    core: client.CoreV1Api, namespace: str,
+) -> None:
+    (pod,) = make_app("web", 1)
+    ctx = make_context("Pod", pod.metadata.name)
+    prepared = ACTION.prepare(ctx, IsolateNetworkParams())
+    prepared.record["pods"][0]["uid"] = "00000000-0000-0000-0000-000000000000"  # an older pod
+    applied = ACTION.apply(ctx, IsolateNetworkParams(), prepared.record)
+    assert f"gone before labelling: {pod.metadata.name}" in applied.message
+    labels = core.read_namespaced_pod(pod.metadata.name, namespace).metadata.labels
+    assert quarantine_label(ctx.incident.key) not in labels

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ..api import ActionName
-from ..kube import create, delete, raw, read_raw
+from ..kube import ApiError, create, delete, raw, read_raw
 from ..selectors import selects
 from .base import (
     INCIDENT_LABEL,
@@ -208,17 +208,22 @@ class IsolateNetwork(Action):
             self._check_owner(ctx, namespace, record["policy"])
         labelled, gone = [], []
         for entry in record["pods"]:
-            current = read_raw(ctx.kube.core.read_namespaced_pod, entry["name"], namespace)
-            if current is None or current["metadata"]["uid"] != entry["uid"]:
-                gone.append(entry["name"])
-                continue
             labels = {quarantine_label(ctx.incident.key): "true"}
             labels.update({k: new for k, (_, new) in entry.get("detach", {}).items()})
             annotations = ({DETACHED_FROM: entry["detachedFrom"]}
                            if "detachedFrom" in entry else {})
-            if _differs(current, labels, annotations):
-                raw(ctx.kube.core.patch_namespaced_pod, entry["name"], namespace,
-                    {"metadata": {"labels": labels, "annotations": annotations}})
+            # The uid makes the patch a precondition: a pod replaced under the same name
+            # (a StatefulSet's) is never quarantined by mistake. Re-applying writes the
+            # same labels, which the API server stores as no change at all.
+            patch = {"metadata": {"uid": entry["uid"], "labels": labels,
+                                  "annotations": annotations}}
+            try:
+                raw(ctx.kube.core.patch_namespaced_pod, entry["name"], namespace, patch)
+            except ApiError as exc:
+                if exc.status not in (404, 409, 422):
+                    raise
+                gone.append(entry["name"])
+                continue
             labelled.append(entry["name"])
         message = (f"NetworkPolicy {namespace}/{record['policy']} isolates "
                    f"{', '.join(labelled) or 'no pods'}")
