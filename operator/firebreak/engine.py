@@ -89,9 +89,12 @@ class Engine:
             raise
         return body
 
-    def reconcile(self, namespace: str, name: str,
-                  playbooks: Iterable[PlaybookCandidate]) -> None:
-        body = self.read(namespace, name)
+    def reconcile(self, namespace: str, name: str, playbooks: Iterable[PlaybookCandidate],
+                  body: dict[str, Any] | None = None) -> None:
+        """Move the incident on. ``body`` is the latest state the caller saw (Kopf's,
+        from its watch, which carries every status this engine wrote); without it the
+        incident is read first."""
+        body = body if body is not None else self.read(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         run = Run(self, body)
@@ -143,11 +146,13 @@ class Run:
         self.conditions = c.set_condition(self.conditions, type_, status, reason, message,
                                           now=self.now, generation=self.generation)
 
-    def note(self, reason: str, message: str, warning: bool = False) -> None:
+    def note(self, reason: str, message: str, warning: bool = False, event: bool = True) -> None:
+        """Record in the timeline and, unless ``event`` is False, as a Kubernetes Event."""
         now = self.now
         self.timeline = [*self.timeline, TimelineEntry(time=now, reason=reason, message=message)]
         self.timeline = self.timeline[-TIMELINE_LIMIT:]
-        self.engine.emit(self.body, "Warning" if warning else "Normal", reason, message, now)
+        if event:
+            self.engine.emit(self.body, "Warning" if warning else "Normal", reason, message, now)
         log.info("%s/%s: %s: %s", self.ref.namespace, self.ref.name, reason, message)
 
     def _status_patch(self) -> dict[str, Any]:
@@ -349,8 +354,11 @@ class Run:
                              finished_at=self.now, **changes)
         reason = {StepState.refused: "StepRefused", StepState.failed: "StepFailed",
                   StepState.applied: "StepApplied", StepState.planned: "StepPlanned"}[state]
+        trouble = state in (StepState.refused, StepState.failed)
+        # Each applied step is in the timeline; Events (one API write each) are kept for
+        # what a person must notice, and the summary (StepsApplied) that follows.
         self.note(reason, f"{step.step} ({step.action.value}): {message}",
-                  warning=state in (StepState.refused, StepState.failed))
+                  warning=trouble, event=trouble)
 
     def dry_run(self) -> None:
         for index, step in enumerate(self.steps):

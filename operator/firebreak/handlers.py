@@ -7,6 +7,7 @@ diff-base annotations live under ``firebreak.dev``, set at start-up.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from typing import Any
 
@@ -35,7 +36,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # our own Events tell the story
-    settings.execution.max_workers = 32
+    settings.execution.max_workers = 16
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
     settings.networking.request_timeout = 30
     settings.watching.server_timeout = 300
@@ -105,13 +106,19 @@ def playbooks(namespace: str | None, name: str, spec: kopf.Spec,
 @kopf.on.resume(GROUP, VERSION, INCIDENT_PLURAL, backoff=5)
 @kopf.on.create(GROUP, VERSION, INCIDENT_PLURAL, backoff=5)
 @kopf.on.update(GROUP, VERSION, INCIDENT_PLURAL, field="spec", backoff=5)
-def reconcile(namespace: str | None, name: str, memo: kopf.Memo,
+def reconcile(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo,
               playbooks: kopf.Index[Any, Any] | None = None, **_: Any) -> None:
     assert namespace is not None and playbooks is not None  # Kopf passes the index by name
     try:
-        memo["engine"].reconcile(namespace, name, list(playbooks.get(ALL, [])))
+        memo["engine"].reconcile(namespace, name, list(playbooks.get(ALL, [])),
+                                 body=_plain(body))
     except RetryLater as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """Kopf's live view of an object, as a plain dict the engine may keep."""
+    return {key: copy.deepcopy(value) for key, value in body.items()}
 
 
 @kopf.on.delete(GROUP, VERSION, INCIDENT_PLURAL, backoff=5)

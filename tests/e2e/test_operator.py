@@ -58,7 +58,9 @@ def test_contain_then_resolve(
     assert conditions == {"Triaged": "True", "Approved": "True", "Contained": "True"}
     reasons = [e.reason for e in core.list_namespaced_event(
         namespace, field_selector="involvedObject.name=miner").items]
-    assert {"PlaybookSelected", "StepApplied", "StepsApplied"} <= set(reasons)
+    assert {"PlaybookSelected", "StepsApplied"} <= set(reasons)
+    assert [t["reason"] for t in status["timeline"]] == [
+        "PlaybookSelected", "StepApplied", "StepApplied", "StepsApplied"]
 
     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "securityincidents", "miner",
                                           {"spec": {"resolution": {"reason": "false positive",

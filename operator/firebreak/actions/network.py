@@ -27,6 +27,7 @@ from ..selectors import selects
 from .base import (
     INCIDENT_LABEL,
     INCIDENT_NAMESPACE_LABEL,
+    MANAGED_BY,
     Action,
     ActionContext,
     ActionRefused,
@@ -40,6 +41,7 @@ from .workloads import DETACHED_FROM, Obj, controller_of, read_object, target_po
 # One label per incident (value "true"), so that two incidents quarantining the same
 # pod never overwrite each other, and a revert removes only its own.
 QUARANTINE_PREFIX = "quarantine.firebreak.dev/"
+MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
 
 
 def quarantine_label(key: str) -> str:
@@ -177,7 +179,10 @@ class IsolateNetwork(Action):
             labels.update({k: new for k, (_, new) in entry.get("detach", {}).items()})
             labels[quarantine_label(ctx.incident.key)] = "true"
             after[entry["name"]] = labels
-        others = raw(ctx.kube.networking.list_namespaced_network_policy, namespace)["items"]
+        # Other incidents' quarantine policies allow no more than ours: leave them out
+        # (server-side, so the list stays short however many incidents there are).
+        others = raw(ctx.kube.networking.list_namespaced_network_policy, namespace,
+                     label_selector=f"{MANAGED_BY_KEY}!={MANAGED_BY[MANAGED_BY_KEY]}")["items"]
         warnings = permissive_overlaps(others, after, policy)
 
         allowances = []
