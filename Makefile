@@ -71,7 +71,7 @@ cluster-down: install
 demo: controlplane
 	$(PY) -m tests.demo
 
-bench: controlplane alerting
+bench: controlplane
 	$(PY) -m tests.bench
 
 clean: cluster-down
