@@ -22,7 +22,9 @@ def playbook(custom: client.CustomObjectsApi, namespace: str) -> Iterator[str]:
     create_playbook(custom, name, {
         "match": {"namespaces": [namespace]},
         "steps": [
-            {"name": "isolate", "action": "isolateNetwork"},
+            # Detached, the quarantined pod is no longer the ReplicaSet's to remove
+            # when the workload is scaled down: it stays for investigators.
+            {"name": "isolate", "action": "isolateNetwork", "params": {"detach": True}},
             {"name": "stop", "action": "scaleDown", "params": {"replicas": 1}},
         ],
     })
@@ -67,8 +69,11 @@ def test_contain_then_resolve(
                                                                    "by": "alice"}}})
     status = wait_phase(custom, namespace, "miner", "Resolved", op)
     assert networking.list_namespaced_network_policy(namespace).items == []
-    assert quarantine_label("miner") not in core.read_namespaced_pod(victim, namespace).metadata.labels
     assert apps.read_namespaced_deployment_scale("web", namespace).spec.replicas == 3
+    # Released back to its ReplicaSet, the pod is either kept (label gone) or, as one
+    # too many, removed by the ReplicaSet: it is never left quarantined.
+    released = core.list_namespaced_pod(namespace, field_selector=f"metadata.name={victim}").items
+    assert all(quarantine_label("miner") not in p.metadata.labels for p in released)
     assert [a["state"] for a in status["actions"]] == ["Reverted", "Reverted"]
 
 
