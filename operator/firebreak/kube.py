@@ -160,11 +160,6 @@ class Kube:
         configuration.connection_pool_maxsize = 32
         return cls(client.ApiClient(configuration))
 
-    def to_dict(self, obj: Any) -> dict[str, Any]:
-        """A typed client object as the API's own JSON (camelCase)."""
-        result: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
-        return result
-
     def served(self, group: str, version: str) -> bool:
         """Whether the API server serves ``group/version`` (for optional APIs)."""
         groups = call(self.apis.get_api_versions)
