@@ -52,9 +52,9 @@ alerting:
 	  fi; \
 	done
 
-## Only the tests that need no cluster.
+## Only the tests that need no cluster: pure logic, and the engine over an in-memory API.
 unit: install
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit tests/engine
 
 lint: install
 	$(VENV)/bin/ruff check operator tests
