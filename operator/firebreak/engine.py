@@ -462,7 +462,6 @@ class Run:
         self.condition(c.RESOLVED, ConditionStatus.false, c.REVERTING, "reverting applied steps")
         save()
         failed = []
-        reverted = 0
         for index in reversed(range(len(self.steps))):
             step = self.steps[index]
             if step.state is StepState.pending:
@@ -484,12 +483,14 @@ class Run:
                 continue
             self.set_step(index, state=StepState.reverted, message=message, finished_at=self.now)
             self.note("StepReverted", f"{step.step} ({step.action.value}): {message}")
-            reverted += 1
             save()
         if failed:
             self.condition(c.RESOLVED, ConditionStatus.false, c.REVERT_FAILED,
                            f"could not revert {', '.join(failed)}; see actions")
         else:
+            # Counted from the record, not this run: a run that resumes after a restart
+            # finds the steps reverted before it already Reverted.
+            reverted = sum(s.state is StepState.reverted for s in self.steps)
             message = f"reverted {reverted} step(s): {reason}"
             self.condition(c.RESOLVED, ConditionStatus.true, c.REVERTED, message)
             self.note(c.REVERTED, message)
