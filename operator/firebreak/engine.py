@@ -57,7 +57,11 @@ TIMELINE_LIMIT = 100
 APPROVAL_POLL_SECONDS = 10.0
 DONE = {StepState.applied, StepState.refused, StepState.failed, StepState.skipped,
         StepState.planned}
-UNDOABLE = {StepState.applied, StepState.running, StepState.reverting, StepState.revert_failed}
+# States in which a step may have changed something. A step that failed while applying
+# keeps the record of its decision and may have done part of it (a policy created, the
+# pods not labelled); reverting from the record is idempotent, so it is undone too.
+UNDOABLE = {StepState.applied, StepState.running, StepState.failed, StepState.reverting,
+            StepState.revert_failed}
 EventSink = Callable[[dict[str, Any], str, str, str, dt.datetime], None]
 
 
@@ -428,7 +432,13 @@ class Run:
             params = action.parse(step.params)
         try:
             result = action.apply(self.context(step), params, dict(step.revert or {}))
-        except (ActionRefused, PermanentApiError) as exc:
+        except ActionRefused as exc:
+            # Refused before changing anything: there is nothing of ours to undo (and
+            # what the record names may be someone else's, such as a same-named policy).
+            self._finish(index, StepState.failed, str(exc), revert=None)
+            return
+        except PermanentApiError as exc:
+            # Possibly half done: the record stays, so that resolution undoes that half.
             self._finish(index, StepState.failed, str(exc))
             return
         self._finish(index, StepState.applied, result.message,

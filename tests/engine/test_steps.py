@@ -301,3 +301,58 @@ def test_reconcile_ignores_an_incident_being_deleted(api: Recorder, engine: Engi
         "2025-03-01T12:00:00Z"
     engine.reconcile(NS, "miner", [playbook("contain", ISOLATE)])
     assert api.writes == []
+
+
+def test_resolution_undoes_what_a_step_did_before_it_failed(api: Recorder,
+                                                            engine: Engine) -> None:
+    """isolateNetwork creates its policy, then cannot label the pod: the step failed
+    half-way, and what it did (the policy) is undone on resolution like the rest."""
+    api.fail("patch", "pods", 403, 'pods "web-5d9c-0" is forbidden')
+    add_incident(api)
+    book = playbook("contain", ISOLATE, SCALE)
+    engine.reconcile(NS, "miner", [book])
+    assert states(api) == {"isolate": "Failed", "stop": "Skipped"}
+    assert api.get("networkpolicies", NS, "firebreak-quarantine-miner") is not None
+
+    api.failures.clear()
+    api.objects[("securityincidents", NS, "miner")]["spec"]["resolution"] = {"reason": "done"}
+    engine.reconcile(NS, "miner", [book])
+    assert api.get("networkpolicies", NS, "firebreak-quarantine-miner") is None
+    assert states(api) == {"isolate": "Reverted", "stop": "Skipped"}
+    assert status(api)["phase"] == "Resolved"
+
+
+def test_a_step_that_failed_before_deciding_anything_has_nothing_to_revert(
+        api: Recorder, engine: Engine) -> None:
+    api.fail("list", "networkpolicies", 403, "networkpolicies is forbidden")
+    add_incident(api)
+    book = playbook("contain", ISOLATE)
+    engine.reconcile(NS, "miner", [book])
+    assert states(api) == {"isolate": "Failed"}
+    assert "revert" not in status(api)["actions"][0]
+    api.objects[("securityincidents", NS, "miner")]["spec"]["resolution"] = {"reason": "done"}
+    engine.reconcile(NS, "miner", [book])
+    assert states(api) == {"isolate": "Failed"}
+    assert condition(api, "Resolved")["message"] == "reverted 0 step(s): done"
+
+
+def test_a_step_refused_while_applying_leaves_the_other_incidents_policy_alone(
+        api: Recorder, engine: Engine) -> None:
+    """A same-named incident in another namespace owns the quarantine policy: the
+    step is refused without changing anything, and resolving does not delete it."""
+    api.add({"kind": "NetworkPolicy", "metadata": {
+        "name": "firebreak-quarantine-miner", "namespace": NS,
+        "labels": {"firebreak.dev/incident": "miner",
+                   "firebreak.dev/incident-namespace": "elsewhere"}},
+        "spec": {"podSelector": {}}})
+    add_incident(api)
+    book = playbook("contain", ISOLATE)
+    engine.reconcile(NS, "miner", [book])
+    assert states(api) == {"isolate": "Failed"}
+    assert "belongs to incident elsewhere/miner" in status(api)["actions"][0]["message"]
+    assert "revert" not in status(api)["actions"][0]
+
+    api.objects[("securityincidents", NS, "miner")]["spec"]["resolution"] = {"reason": "done"}
+    engine.reconcile(NS, "miner", [book])
+    assert api.get("networkpolicies", NS, "firebreak-quarantine-miner") is not None
+    assert api.written("networkpolicies", "pods") == []

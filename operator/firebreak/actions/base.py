@@ -113,7 +113,8 @@ class Action(ABC):
 
     @abstractmethod
     def apply(self, ctx: ActionContext, params: Any, record: dict[str, Any]) -> Applied:
-        """Do what ``prepare`` decided. Idempotent."""
+        """Do what ``prepare`` decided. Idempotent. ``ActionRefused`` is raised only
+        before anything was changed; after a change, errors propagate as they are."""
 
     def revert(self, ctx: ActionContext, record: dict[str, Any]) -> str:
         """Undo the step from its record. Idempotent."""
