@@ -1,0 +1,151 @@
+"""Intake over the recording API: the exact writes of a first and a repeated
+delivery, conflicts, successors, release on a resolved signal, and what the API
+server's errors become. The cluster tests check the same against etcd; here each
+write and its precondition is asserted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from firebreak.api import FINALIZER, Severity, Source, Target, TargetKind
+from firebreak.config import OperatorConfig
+from firebreak.intake import WORKLOAD_KIND_LABEL, WORKLOAD_NAME_LABEL, Intake
+from firebreak.kube import PermanentApiError, TemporaryApiError
+from firebreak.sources.signal import Signal, SignalStatus, incident_name
+from tests.engine.recorder import Recorder
+from tests.engine.world import NS, OPERATOR_NS, Clock, add_app, incident, status
+
+
+def signal(pod: str = "web-5d9c-0", namespace: str = NS, **changes: Any) -> Signal:
+    base = Signal(source=Source.alertmanager, fingerprint="fp-1", severity=Severity.critical,
+                  title="Crypto miner", alert_name="CryptoMiner",
+                  target=Target(kind=TargetKind.pod, namespace=namespace, name=pod),
+                  labels={"alertname": "CryptoMiner"})
+    return base.model_copy(update=changes)
+
+
+NAME = incident_name(signal())
+
+
+@pytest.fixture
+def intake(api: Recorder, clock: Clock) -> Intake:
+    add_app(api)
+    return Intake(api.kube(), OperatorConfig(namespace=OPERATOR_NS), clock=clock, retry_for=0)
+
+
+def test_a_first_delivery_creates_the_incident_with_its_finalizer_then_counts(
+        intake: Intake, api: Recorder) -> None:
+    recorded = intake.record(signal())
+    assert (recorded.namespace, recorded.name, recorded.outcome) == (NS, NAME, "created")
+    assert api.written() == [f"create securityincidents {NS}/{NAME}",
+                             f"patch securityincidents/status {NS}/{NAME}"]
+    create, count = api.writes
+    assert create.body["metadata"]["finalizers"] == [FINALIZER]
+    assert create.body["spec"]["target"] == {"kind": "Pod", "namespace": NS,
+                                             "name": "web-5d9c-0"}
+    assert create.body["spec"]["labels"] == {
+        "alertname": "CryptoMiner", WORKLOAD_KIND_LABEL: "Deployment",
+        WORKLOAD_NAME_LABEL: "web"}
+    # The count carries the resourceVersion the create returned: a precondition.
+    assert set(count.body["metadata"]) == {"resourceVersion"}
+    assert count.body["status"] == {"signalCount": 1, "firstSeen": "2025-03-01T12:00:00Z",
+                                    "lastSeen": "2025-03-01T12:00:00Z"}
+
+
+def test_a_repeated_delivery_reads_and_counts(intake: Intake, api: Recorder,
+                                              clock: Clock) -> None:
+    intake.record(signal())
+    clock.advance(30)
+    again = intake.record(signal())
+    assert again.outcome == "updated"
+    assert api.written()[2:] == [f"patch securityincidents/status {NS}/{NAME}"]
+    assert status(api, NAME) == {"signalCount": 2, "firstSeen": "2025-03-01T12:00:00Z",
+                                 "lastSeen": "2025-03-01T12:00:30Z"}
+
+
+def test_a_fresh_intake_that_loses_the_create_race_counts_on_the_winner(
+        intake: Intake, api: Recorder, clock: Clock) -> None:
+    intake.record(signal())
+    other = Intake(api.kube(), OperatorConfig(namespace=OPERATOR_NS), clock=clock, retry_for=0)
+    assert other.record(signal()).outcome == "updated"  # 409 on create, then read
+    assert status(api, NAME)["signalCount"] == 2
+    assert len(api.written("securityincidents")) == 3  # the refused create wrote nothing
+
+
+def test_a_conflicting_count_is_read_again_and_retried(intake: Intake, api: Recorder) -> None:
+    intake.record(signal())
+    # Another replica counts between our read and our write.
+    api.fail("patch", "securityincidents", 409, "the object has been modified", times=1,
+             subresource="status")
+    intake.record(signal())
+    assert status(api, NAME)["signalCount"] == 2
+    gets = [p for m, p in api.requests if m == "GET" and p.endswith(NAME)]
+    assert len(gets) == 2  # the read of a known fingerprint, and the re-read after 409
+
+
+def test_a_firing_after_resolution_opens_a_successor(intake: Intake, api: Recorder) -> None:
+    intake.record(signal())
+    api.objects[("securityincidents", NS, NAME)]["spec"]["resolution"] = {"reason": "done"}
+    again = intake.record(signal())
+    assert (again.name, again.outcome) == (f"{NAME}-2", "created")
+    assert intake.record(signal()).name == f"{NAME}-2"
+    assert status(api, NAME)["signalCount"] == 1
+
+
+def test_a_resolved_signal_releases_only_when_the_playbook_says_so(
+        intake: Intake, api: Recorder) -> None:
+    resolved = signal(status=SignalStatus.resolved)
+    assert intake.record(resolved).outcome == "ignored"
+    assert api.writes == []
+
+    intake.record(signal())
+    api.objects[("securityincidents", NS, NAME)]["status"]["playbook"] = {
+        "name": "auto", "namespace": NS}
+    assert intake.record(resolved).outcome == "ignored"  # no such playbook
+    api.add({"kind": "ResponsePlaybook", "metadata": {"name": "auto", "namespace": NS},
+             "spec": {"release": "manual", "steps": []}})
+    assert intake.record(resolved).outcome == "ignored"
+    api.objects[("responseplaybooks", NS, "auto")]["spec"]["release"] = "onSignalResolved"
+    writes = len(api.writes)
+    assert intake.record(resolved).outcome == "released"
+    assert api.written()[writes:] == [f"patch securityincidents {NS}/{NAME}"]
+    assert incident(api, NAME)["spec"]["resolution"] == {"reason": "the signal resolved",
+                                                         "by": "alertmanager"}
+    assert intake.record(resolved).outcome == "ignored"  # already resolved
+
+
+def test_protected_and_targetless_signals_go_to_the_operator_namespace(
+        intake: Intake, api: Recorder) -> None:
+    system = intake.record(signal(pod="etcd-0", namespace="kube-system", fingerprint="fp-2"))
+    nowhere = intake.record(signal(fingerprint="fp-3", target=None))
+    assert system.namespace == nowhere.namespace == OPERATOR_NS
+    assert api.get("securityincidents", OPERATOR_NS, nowhere.name) is not None
+
+
+def test_a_replica_set_target_becomes_its_deployment(intake: Intake, api: Recorder) -> None:
+    recorded = intake.record(signal(fingerprint="fp-rs", target=Target(
+        kind=TargetKind.replica_set, namespace=NS, name="web-5d9c")))
+    assert incident(api, recorded.name)["spec"]["target"] == {
+        "kind": "Deployment", "namespace": NS, "name": "web"}
+
+
+def test_a_target_it_may_not_read_is_stored_as_given(intake: Intake, api: Recorder) -> None:
+    api.fail("get", "pods", 403, "pods is forbidden")
+    recorded = intake.record(signal())
+    assert incident(api, recorded.name)["spec"]["labels"] == {"alertname": "CryptoMiner"}
+
+
+def test_an_unreachable_api_is_temporary_and_stores_nothing(intake: Intake,
+                                                            api: Recorder) -> None:
+    api.fail("*", "securityincidents", 503, "etcdserver: request timed out")
+    with pytest.raises(TemporaryApiError, match="503"):
+        intake.record(signal())
+    assert api.writes == []
+
+
+def test_a_refused_incident_is_permanent(intake: Intake, api: Recorder) -> None:
+    api.fail("create", "securityincidents", 422, "spec.title: Too long")
+    with pytest.raises(PermanentApiError, match="422"):
+        intake.record(signal())
