@@ -26,7 +26,7 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from . import conditions as c
-from .actions.base import Action, ActionContext, ActionRefused, IncidentRef
+from .actions.base import Action, ActionContext, ActionRefused, IncidentRef, RecordUnreadable
 from .api import (
     GROUP,
     INCIDENT_PLURAL,
@@ -422,8 +422,8 @@ class Run:
                 return
             action, params, p = prepared
             step = self.set_step(index, state=StepState.running, started_at=self.now,
-                                 message=p.message, objects=p.objects, revert=p.record,
-                                 warnings=p.warnings or None)
+                                 message=p.message, objects=p.objects,
+                                 revert=p.record.to_api(), warnings=p.warnings or None)
             for warning in p.warnings:
                 self.note("StepWarning", warning, warning=True)
             self.persist()
@@ -431,7 +431,11 @@ class Run:
             action = self.engine.actions[step.action]
             params = action.parse(step.params)
         try:
-            result = action.apply(self.context(step), params, dict(step.revert or {}))
+            result = action.apply(self.context(step), params, action.load(step.revert))
+        except RecordUnreadable as exc:
+            # Kept as it is, for a person to read: it may still be needed to undo the step.
+            self._finish(index, StepState.failed, str(exc))
+            return
         except ActionRefused as exc:
             # Refused before changing anything: there is nothing of ours to undo (and
             # what the record names may be someone else's, such as a same-named policy).
@@ -441,8 +445,8 @@ class Run:
             # Possibly half done: the record stays, so that resolution undoes that half.
             self._finish(index, StepState.failed, str(exc))
             return
-        self._finish(index, StepState.applied, result.message,
-                     revert=result.record if action.revertible else None,
+        record = result.record.to_api() if action.revertible and result.record else None
+        self._finish(index, StepState.applied, result.message, revert=record,
                      warnings=[*(step.warnings or []), *result.warnings] or None)
 
     def _seconds_since_first_signal(self) -> float:
@@ -484,7 +488,7 @@ class Run:
             self.set_step(index, state=StepState.reverting)
             save()
             try:
-                message = action.revert(self.context(step), dict(step.revert))
+                message = action.revert(self.context(step), action.load(step.revert))
             except (ActionRefused, PermanentApiError) as exc:
                 self.set_step(index, state=StepState.revert_failed, message=str(exc))
                 self.note("RevertFailed", f"{step.step}: {exc}", warning=True)

@@ -67,8 +67,8 @@ def test_steps_run_in_order_each_recorded_before_the_next(api: Recorder, engine:
         ["Applied", "Applied", "Applied"],
     ]
     assert recorded[2]["actions"][2]["revert"] == {
-        "kind": "Deployment", "namespace": NS, "name": "web", "previousReplicas": 3,
-        "replicas": 0}
+        "version": 1, "kind": "Deployment", "namespace": NS, "name": "web",
+        "previousReplicas": 3, "replicas": 0}
     final = status(api)
     assert final["phase"] == "Contained"
     assert condition(api, "Contained")["reason"] == "StepsApplied"

@@ -33,7 +33,7 @@ def test_deleted_pod_is_replaced_and_reapply_spares_the_replacement(
 
     prepared = action.prepare(ctx, params)
     assert prepared.facts == {"healthyAfter": 1}
-    assert prepared.record == {"pods": [
+    assert prepared.record.to_api() == {"version": 1, "pods": [
         {"namespace": namespace, "name": victim.name, "uid": victim.uid}]}
     assert [(o.kind, o.name) for o in prepared.objects] == [("Pod", victim.name)]
     assert check_step(ActionName.delete_pod, prepared.objects, prepared.facts,
@@ -123,7 +123,7 @@ def test_workload_scope_deletes_every_replica_of_the_workload(
     params = action.parse({"scope": "workload", "gracePeriodSeconds": 0})
     prepared = action.prepare(ctx, params)
     assert prepared.facts == {"healthyAfter": 0}
-    assert {p["uid"] for p in prepared.record["pods"]} == _uids(pods)
+    assert {p.uid for p in prepared.record.pods} == _uids(pods)
 
     action.apply(ctx, params, prepared.record)
     wait_for(lambda: (p := running_pods(core, namespace, "web")) and len(p) == 2

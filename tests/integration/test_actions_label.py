@@ -43,7 +43,7 @@ def test_labels_a_deployment_and_restores_previous_values(
     params = action.parse({"labels": {QUARANTINE: "true", "team": "incident"}})
 
     prepared = action.prepare(ctx, params)
-    assert prepared.record["previous"] == {QUARANTINE: None, "team": "a"}
+    assert prepared.record.previous == {QUARANTINE: None, "team": "a"}
     assert [(o.kind, o.namespace, o.name) for o in prepared.objects] == \
         [("Deployment", namespace, "web")]
     # prepare writes nothing
@@ -113,7 +113,7 @@ def test_labels_a_node_and_reverts(
         action, ctx = Label(), make_context("Node", name)
         params = action.parse({"labels": {QUARANTINE: "true"}})
         prepared = action.prepare(ctx, params)
-        assert prepared.record["namespace"] is None
+        assert prepared.record.namespace is None
 
         applied = action.apply(ctx, params, prepared.record)
         assert core.read_node(name).metadata.labels[QUARANTINE] == "true"

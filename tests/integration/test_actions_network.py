@@ -40,7 +40,7 @@ def test_quarantines_only_the_offending_pod_and_reverts(
     ACTION.apply(ctx, params, prepared.record)
 
     networking = client.NetworkingV1Api(api_client)
-    policy = networking.read_namespaced_network_policy(prepared.record["policy"], namespace)
+    policy = networking.read_namespaced_network_policy(prepared.record.policy, namespace)
     label = quarantine_label(ctx.incident.key)
     assert policy.spec.pod_selector.match_labels == {label: "true"}
     assert policy.spec.policy_types == ["Ingress", "Egress"]
@@ -58,7 +58,7 @@ def test_quarantines_only_the_offending_pod_and_reverts(
     pod_version = core.read_namespaced_pod(victim, namespace).metadata.resource_version
     ACTION.apply(ctx, params, prepared.record)
     assert networking.read_namespaced_network_policy(
-        prepared.record["policy"], namespace).metadata.resource_version == policy_version
+        prepared.record.policy, namespace).metadata.resource_version == policy_version
     assert core.read_namespaced_pod(victim, namespace).metadata.resource_version == pod_version
     assert len(networking.list_namespaced_network_policy(namespace).items) == 1
 
@@ -196,8 +196,10 @@ def test_a_pod_replaced_under_the_same_name_is_not_quarantined(
     (pod,) = make_app("web", 1)
     ctx = make_context("Pod", pod.metadata.name)
     prepared = ACTION.prepare(ctx, IsolateNetworkParams())
-    prepared.record["pods"][0]["uid"] = "00000000-0000-0000-0000-000000000000"  # an older pod
-    applied = ACTION.apply(ctx, IsolateNetworkParams(), prepared.record)
+    older = prepared.record.pods[0].model_copy(  # an older pod of the same name
+        update={"uid": "00000000-0000-0000-0000-000000000000"})
+    applied = ACTION.apply(ctx, IsolateNetworkParams(),
+                           prepared.record.model_copy(update={"pods": [older]}))
     assert f"gone before labelling: {pod.metadata.name}" in applied.message
     labels = core.read_namespaced_pod(pod.metadata.name, namespace).metadata.labels
     assert quarantine_label(ctx.incident.key) not in labels

@@ -34,7 +34,7 @@ def test_cordon_node_target(private_node: str, make_context: Callable[..., Actio
                             core: client.CoreV1Api, monkeypatch: pytest.MonkeyPatch) -> None:
     action, ctx = CordonNode(), make_context("Node", private_node)
     prepared = action.prepare(ctx, NoParams())
-    assert prepared.record == {"nodes": [private_node]}
+    assert prepared.record.to_api() == {"version": 1, "nodes": [private_node]}
     total = len(core.list_node().items)
     schedulable = sum(not n.spec.unschedulable for n in core.list_node().items)
     assert prepared.facts["schedulableNodesAfter"] == schedulable - 1 <= total - 1
@@ -60,7 +60,7 @@ def test_cordon_leaves_nodes_it_did_not_cordon(
     core.patch_node(private_node, {"spec": {"unschedulable": True}})  # a person's cordon
     action, ctx = CordonNode(), make_context("Node", private_node)
     prepared = action.prepare(ctx, NoParams())
-    assert prepared.record == {"nodes": []}
+    assert prepared.record.to_api() == {"version": 1, "nodes": []}
     action.apply(ctx, NoParams(), prepared.record)
     action.revert(ctx, prepared.record)
     assert core.read_node(private_node).spec.unschedulable is True
@@ -72,7 +72,7 @@ def test_cordon_of_a_pods_node_and_the_minimum(
 ) -> None:
     (pod,) = make_app("web", 1)
     prepared = CordonNode().prepare(make_context("Pod", pod.metadata.name), NoParams())
-    assert prepared.record == {"nodes": [pod.spec.node_name]}
+    assert prepared.record.to_api() == {"version": 1, "nodes": [pod.spec.node_name]}
     schedulable = prepared.facts["schedulableNodesAfter"]
     strict = OperatorConfig(namespace="firebreak-system", min_schedulable_nodes=schedulable + 1)
     verdict = check_step(CordonNode.name, prepared.objects, prepared.facts, strict)
@@ -88,8 +88,8 @@ def test_scale_down_remembers_and_restores(
     ctx = make_context("Pod", pods[0].metadata.name)  # walks Pod -> ReplicaSet -> Deployment
     params = action.parse({"replicas": 0})
     prepared = action.prepare(ctx, params)
-    assert prepared.record["kind"] == "Deployment" and prepared.record["name"] == "api"
-    assert prepared.record["previousReplicas"] == 3
+    assert prepared.record.kind == "Deployment" and prepared.record.name == "api"
+    assert prepared.record.previous_replicas == 3
 
     action.apply(ctx, params, prepared.record)
     scale = apps.read_namespaced_deployment_scale("api", namespace)

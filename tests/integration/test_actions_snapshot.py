@@ -106,8 +106,8 @@ def test_snapshot_of_a_deployment_stores_objects_events_and_skipped_logs(
     assert kinds == sorted([("Deployment", "web"), ("ReplicaSet", replicaset),
                             *(("Pod", p.metadata.name) for p in pods)])
     name = "firebreak-evidence-incident-1-evidence-0"
-    assert prepared.record["storage"] == {"kind": "Secret", "namespace": namespace,
-                                          "prefix": name[:-2], "index": name}
+    assert prepared.record.to_api()["storage"] == {"kind": "Secret", "namespace": namespace,
+                                                   "prefix": name[:-2], "index": name}
     assert not core.list_namespaced_secret(namespace, label_selector=EVIDENCE).items
 
     applied = action.apply(ctx, params, prepared.record)
@@ -222,7 +222,7 @@ def test_volume_snapshots_are_skipped_when_the_api_is_not_served(
 
     prepared = action.prepare(ctx, params)
 
-    assert prepared.record["volumeSnapshots"] == [
+    assert prepared.record.to_api()["volumeSnapshots"] == [
         {"namespace": namespace, "claim": "data", "name": "firebreak-incident-1-data"}]
     assert prepared.warnings == [
         "1 PersistentVolumeClaim(s) will not be snapshotted: snapshot.storage.k8s.io/v1 "

@@ -13,6 +13,14 @@ The engine runs a step in three moves so that a crash at any point is harmless:
 
 ``revert`` undoes a step from the record alone. Actions are the only code that
 changes workloads.
+
+Each action's record is a pydantic model (a ``Record``), kept in the incident's
+status as JSON and validated when read back. Records outlive releases: a record
+written by an older release must still apply and revert. Fields are therefore only
+ever added with defaults, never renamed or removed; ``version`` (absent in the
+records of release 0.1.0, which load as version 1) is raised when a change needs
+the reader to tell formats apart, and a record from a newer release is refused
+with a message rather than misread.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
 
 from ..api import ActionName, ObjectReference, Target
 from ..config import OperatorConfig
@@ -46,6 +55,38 @@ class NoParams(Params):
 
 class ActionRefused(Exception):
     """The step cannot be done for this target (a permanent, explained refusal)."""
+
+
+RECORD_VERSION = 1
+
+
+class RecordPart(BaseModel):
+    """Part of a record: camelCase on the wire like the rest of the API; unknown fields
+    are an error, so a misspelt or foreign record is never half understood."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              frozen=True)
+
+
+class Record(RecordPart):
+    """What a step keeps in status to apply (again, after a restart) and to undo itself."""
+
+    version: int = Field(default=1, ge=1, description="Format of the record; absent means 1.")
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version > RECORD_VERSION:
+            raise ValueError(f"written by a newer release (format {version}; this release "
+                             f"reads up to {RECORD_VERSION})")
+        return version
+
+    def to_api(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class RecordUnreadable(ActionRefused):
+    """The record kept in status does not validate as this action's record."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +127,7 @@ class Prepared:
 
     message: str
     objects: list[ObjectReference]
-    record: dict[str, Any]
+    record: Record
     facts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -95,28 +136,40 @@ class Prepared:
 class Applied:
     message: str
     # The record to keep for revert; None when the step cannot be undone.
-    record: dict[str, Any] | None
+    record: Record | None
     warnings: list[str] = field(default_factory=list)
 
 
 class Action(ABC):
     name: ClassVar[ActionName]
     params_model: ClassVar[type[Params]] = NoParams
+    record_model: ClassVar[type[Record]]
     revertible: ClassVar[bool] = True
 
     def parse(self, params: dict[str, Any] | None) -> Params:
         return self.params_model.model_validate(params or {})
+
+    def load(self, record: dict[str, Any] | None) -> Record:
+        """The record kept in status, validated as this action's record."""
+        try:
+            return self.record_model.model_validate(record or {})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
+                for e in exc.errors()[:5])
+            raise RecordUnreadable(f"the {self.name.value} record in status is unreadable: "
+                                   f"{problems}") from exc
 
     @abstractmethod
     def prepare(self, ctx: ActionContext, params: Any) -> Prepared:
         """Read the world; decide what to touch. Writes nothing."""
 
     @abstractmethod
-    def apply(self, ctx: ActionContext, params: Any, record: dict[str, Any]) -> Applied:
+    def apply(self, ctx: ActionContext, params: Any, record: Any) -> Applied:
         """Do what ``prepare`` decided. Idempotent. ``ActionRefused`` is raised only
         before anything was changed; after a change, errors propagate as they are."""
 
-    def revert(self, ctx: ActionContext, record: dict[str, Any]) -> str:
+    def revert(self, ctx: ActionContext, record: Any) -> str:
         """Undo the step from its record. Idempotent."""
         raise ActionRefused(f"{self.name} cannot be reverted")
 

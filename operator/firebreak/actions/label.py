@@ -20,7 +20,7 @@ from pydantic import Field, field_validator
 
 from ..api import ActionName, TargetKind
 from ..kube import ApiError, Kube, TemporaryApiError, raw
-from .base import Action, ActionContext, ActionRefused, Applied, Params, Prepared, ref
+from .base import Action, ActionContext, ActionRefused, Applied, Params, Prepared, Record, ref
 from .workloads import Obj, controller_of, read_object, read_target
 
 _NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
@@ -74,6 +74,24 @@ class LabelParams(Params):
         return labels
 
 
+class LabelRecord(Record):
+    """The labelled object (its uid guards against a same-named successor), the labels
+    set and the value each key had before (None: absent)."""
+
+    kind: str
+    namespace: str | None = None
+    name: str
+    uid: str
+    labels: dict[str, str]
+    previous: dict[str, str | None]
+
+    @property
+    def where(self) -> str:
+        if self.namespace:
+            return f"{self.kind} {self.namespace}/{self.name}"
+        return f"{self.kind} {self.name}"
+
+
 def _patcher(kube: Kube, kind: str) -> Callable[..., Any]:
     patchers: dict[str, Callable[..., Any]] = {
         "Pod": kube.core.patch_namespaced_pod,
@@ -87,19 +105,13 @@ def _patcher(kube: Kube, kind: str) -> Callable[..., Any]:
     return patchers[kind]
 
 
-def _patch(kube: Kube, record: dict[str, Any], metadata: dict[str, Any]) -> Obj:
+def _patch(kube: Kube, record: LabelRecord, metadata: dict[str, Any]) -> Obj:
     """Merge-patch the object's metadata. The uid in the patch guards against acting on
     another object of the same name: uid is immutable, so the API server refuses (422)
     a patch meant for the object that was there before."""
-    args = [record["name"]] if record["kind"] == "Node" else [record["name"], record["namespace"]]
-    body = {"metadata": {"uid": record["uid"], **metadata}}
-    return raw(_patcher(kube, record["kind"]), *args, body, _content_type=MERGE_PATCH)
-
-
-def _where(record: dict[str, Any]) -> str:
-    if record.get("namespace"):
-        return f"{record['kind']} {record['namespace']}/{record['name']}"
-    return f"{record['kind']} {record['name']}"
+    args = [record.name] if record.kind == "Node" else [record.name, record.namespace]
+    body = {"metadata": {"uid": record.uid, **metadata}}
+    return raw(_patcher(kube, record.kind), *args, body, _content_type=MERGE_PATCH)
 
 
 def _pairs(labels: dict[str, str]) -> str:
@@ -128,40 +140,41 @@ def _selector_warnings(ctx: ActionContext, target: Obj, labels: dict[str, str]) 
 class Label(Action):
     name = ActionName.label
     params_model = LabelParams
+    record_model = LabelRecord
 
     def prepare(self, ctx: ActionContext, params: LabelParams) -> Prepared:
         target = read_target(ctx.kube, ctx.target)
         meta = target["metadata"]
         current = meta.get("labels") or {}
-        record = {
-            "kind": ctx.target.kind.value,
-            "namespace": meta.get("namespace"),
-            "name": meta["name"],
-            "uid": meta["uid"],
-            "labels": dict(params.labels),
-            "previous": {k: current.get(k) for k in params.labels},
-        }
+        record = LabelRecord(
+            kind=ctx.target.kind.value,
+            namespace=meta.get("namespace"),
+            name=meta["name"],
+            uid=meta["uid"],
+            labels=dict(params.labels),
+            previous={k: current.get(k) for k in params.labels},
+        )
         unchanged = [k for k, v in params.labels.items() if current.get(k) == v]
-        message = f"label {_where(record)} with {_pairs(params.labels)}"
+        message = f"label {record.where} with {_pairs(params.labels)}"
         if unchanged:
             message += f" ({', '.join(unchanged)} already set)"
         return Prepared(
             message=message,
-            objects=[ref(record["kind"], record["name"], record["namespace"])],
+            objects=[ref(record.kind, record.name, record.namespace)],
             record=record,
             warnings=_selector_warnings(ctx, target, params.labels),
         )
 
-    def apply(self, ctx: ActionContext, params: LabelParams, record: dict[str, Any]) -> Applied:
-        where = _where(record)
+    def apply(self, ctx: ActionContext, params: LabelParams, record: LabelRecord) -> Applied:
+        where = record.where
         current = self._read(ctx, record)
         if (gone := self._gone(record, current)) is not None:
             raise ActionRefused(f"{where} {gone} since the step was prepared")
         assert current is not None
         labels = current["metadata"].get("labels") or {}
-        if any(labels.get(k) != v for k, v in record["labels"].items()):
+        if any(labels.get(k) != v for k, v in record.labels.items()):
             try:
-                _patch(ctx.kube, record, {"labels": record["labels"]})
+                _patch(ctx.kube, record, {"labels": record.labels})
             except ApiError as exc:
                 # Replaced or deleted between the read and the patch?
                 if exc.status in (404, 422) and (
@@ -169,11 +182,11 @@ class Label(Action):
                     raise ActionRefused(f"{where} {gone} since the step was "
                                         f"prepared") from exc
                 raise
-        return Applied(message=f"labelled {where} with {_pairs(record['labels'])}",
+        return Applied(message=f"labelled {where} with {_pairs(record.labels)}",
                        record=record)
 
-    def revert(self, ctx: ActionContext, record: dict[str, Any]) -> str:
-        where = _where(record)
+    def revert(self, ctx: ActionContext, record: LabelRecord) -> str:
+        where = record.where
         for _ in range(REVERT_ATTEMPTS):
             current = self._read(ctx, record)
             if (gone := self._gone(record, current)) is not None:
@@ -182,8 +195,8 @@ class Label(Action):
             labels = current["metadata"].get("labels") or {}
             restore: dict[str, str | None] = {}
             left: list[str] = []
-            for key, ours in record["labels"].items():
-                previous, now = record["previous"].get(key), labels.get(key)
+            for key, ours in record.labels.items():
+                previous, now = record.previous.get(key), labels.get(key)
                 if now == previous:
                     continue
                 if now == ours:
@@ -209,15 +222,15 @@ class Label(Action):
         raise TemporaryApiError(f"{where} kept changing while its labels were being restored")
 
     @staticmethod
-    def _read(ctx: ActionContext, record: dict[str, Any]) -> Obj | None:
-        return read_object(ctx.kube, record["kind"], record.get("namespace"), record["name"])
+    def _read(ctx: ActionContext, record: LabelRecord) -> Obj | None:
+        return read_object(ctx.kube, record.kind, record.namespace, record.name)
 
     @staticmethod
-    def _gone(record: dict[str, Any], obj: Obj | None) -> str | None:
+    def _gone(record: LabelRecord, obj: Obj | None) -> str | None:
         """Why ``obj`` is not the recorded object any more, or None when it is."""
         if obj is None:
             return "no longer exists"
-        if obj["metadata"].get("uid") != record["uid"]:
+        if obj["metadata"].get("uid") != record.uid:
             return "was replaced by another object of the same name"
         return None
 

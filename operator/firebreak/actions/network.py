@@ -34,6 +34,8 @@ from .base import (
     Applied,
     Params,
     Prepared,
+    Record,
+    RecordPart,
     ref,
 )
 from .workloads import DETACHED_FROM, Obj, controller_of, read_object, target_pods
@@ -64,6 +66,22 @@ class IsolateNetworkParams(Params):
     detach: bool = Field(
         default=False,
         description="Take the pods out of their ReplicaSet so a replacement starts.")
+
+
+class QuarantinedPod(RecordPart):
+    """A pod to quarantine, by uid, and the label changes that detach it (each key:
+    [value before, value set])."""
+
+    name: str
+    uid: str
+    detach: dict[str, tuple[str, str]] | None = None
+    detached_from: str | None = None
+
+
+class IsolateNetworkRecord(Record):
+    namespace: str
+    policy: str
+    pods: list[QuarantinedPod]
 
 
 def policy_name(ctx: ActionContext) -> str:
@@ -154,31 +172,32 @@ def _differs(pod: Obj, labels: dict[str, Any], annotations: dict[str, Any]) -> b
 class IsolateNetwork(Action):
     name = ActionName.isolate_network
     params_model = IsolateNetworkParams
+    record_model = IsolateNetworkRecord
 
     def prepare(self, ctx: ActionContext, params: IsolateNetworkParams) -> Prepared:
         pods = target_pods(ctx.kube, ctx.target, params.scope)
         namespace = pods[0]["metadata"]["namespace"] if pods else ctx.target.namespace
-        record_pods: list[dict[str, Any]] = []
+        record_pods: list[QuarantinedPod] = []
         for pod in pods:
-            entry: dict[str, Any] = {"name": pod["metadata"]["name"],
-                                     "uid": pod["metadata"]["uid"]}
+            entry = QuarantinedPod(name=pod["metadata"]["name"], uid=pod["metadata"]["uid"])
             owner = controller_of(pod)
             if params.detach and owner is not None and owner["kind"] == "ReplicaSet":
                 rs = read_object(ctx.kube, "ReplicaSet", namespace, owner["name"])
                 if rs is not None:
                     changes = _detach_labels(pod, rs["spec"].get("selector") or {})
-                    entry["detach"] = {k: (pod["metadata"]["labels"][k], v)
-                                       for k, v in changes.items()}
-                    entry["detachedFrom"] = owner["name"]
+                    entry = entry.model_copy(update={
+                        "detach": {k: (pod["metadata"]["labels"][k], v)
+                                   for k, v in changes.items()},
+                        "detached_from": owner["name"]})
             record_pods.append(entry)
 
         policy = policy_name(ctx)
         after = {}
         for pod, entry in zip(pods, record_pods, strict=True):
             labels = dict(pod["metadata"].get("labels") or {})
-            labels.update({k: new for k, (_, new) in entry.get("detach", {}).items()})
+            labels.update({k: new for k, (_, new) in (entry.detach or {}).items()})
             labels[quarantine_label(ctx.incident.key)] = "true"
-            after[entry["name"]] = labels
+            after[entry.name] = labels
         # Other incidents' quarantine policies allow no more than ours: leave them out
         # (server-side, so the list stays short however many incidents there are).
         others = raw(ctx.kube.networking.list_namespaced_network_policy, namespace,
@@ -190,7 +209,7 @@ class IsolateNetwork(Action):
             allowances.append("DNS egress")
         if params.forensics_namespace:
             allowances.append(f"ingress from namespace {params.forensics_namespace}")
-        names = ", ".join(e["name"] for e in record_pods) or "no pods"
+        names = ", ".join(e.name for e in record_pods) or "no pods"
         message = (
             f"quarantine {names} with NetworkPolicy {namespace}/{policy} denying all traffic"
             + (f" except {' and '.join(allowances)}" if allowances else "")
@@ -199,38 +218,38 @@ class IsolateNetwork(Action):
         return Prepared(
             message=message,
             objects=[ref("NetworkPolicy", policy, namespace)]
-            + [ref("Pod", e["name"], namespace) for e in record_pods],
-            record={"namespace": namespace, "policy": policy, "pods": record_pods},
+            + [ref("Pod", e.name, namespace) for e in record_pods],
+            record=IsolateNetworkRecord(namespace=namespace, policy=policy, pods=record_pods),
             warnings=warnings,
         )
 
     def apply(self, ctx: ActionContext, params: IsolateNetworkParams,
-              record: dict[str, Any]) -> Applied:
-        namespace = record["namespace"]
-        body = build_isolation_policy(record["policy"], namespace, ctx.incident.key, params,
+              record: IsolateNetworkRecord) -> Applied:
+        namespace = record.namespace
+        body = build_isolation_policy(record.policy, namespace, ctx.incident.key, params,
                                       ctx.managed_labels())
         if create(ctx.kube.networking.create_namespaced_network_policy, namespace, body) is None:
-            self._check_owner(ctx, namespace, record["policy"])
+            self._check_owner(ctx, namespace, record.policy)
         labelled, gone = [], []
-        for entry in record["pods"]:
+        for entry in record.pods:
             labels = {quarantine_label(ctx.incident.key): "true"}
-            labels.update({k: new for k, (_, new) in entry.get("detach", {}).items()})
-            annotations = ({DETACHED_FROM: entry["detachedFrom"]}
-                           if "detachedFrom" in entry else {})
+            labels.update({k: new for k, (_, new) in (entry.detach or {}).items()})
+            annotations = ({DETACHED_FROM: entry.detached_from}
+                           if entry.detached_from is not None else {})
             # The uid makes the patch a precondition: a pod replaced under the same name
             # (a StatefulSet's) is never quarantined by mistake. Re-applying writes the
             # same labels, which the API server stores as no change at all.
-            patch = {"metadata": {"uid": entry["uid"], "labels": labels,
+            patch = {"metadata": {"uid": entry.uid, "labels": labels,
                                   "annotations": annotations}}
             try:
-                raw(ctx.kube.core.patch_namespaced_pod, entry["name"], namespace, patch)
+                raw(ctx.kube.core.patch_namespaced_pod, entry.name, namespace, patch)
             except ApiError as exc:
                 if exc.status not in (404, 409, 422):
                     raise
-                gone.append(entry["name"])
+                gone.append(entry.name)
                 continue
-            labelled.append(entry["name"])
-        message = (f"NetworkPolicy {namespace}/{record['policy']} isolates "
+            labelled.append(entry.name)
+        message = (f"NetworkPolicy {namespace}/{record.policy} isolates "
                    f"{', '.join(labelled) or 'no pods'}")
         if gone:
             message += f"; gone before labelling: {', '.join(gone)}"
@@ -249,21 +268,21 @@ class IsolateNetwork(Action):
                 f"{labels.get(INCIDENT_LABEL)}, an incident of the same name in another "
                 f"namespace; rename one of the incidents")
 
-    def revert(self, ctx: ActionContext, record: dict[str, Any]) -> str:
-        namespace = record["namespace"]
+    def revert(self, ctx: ActionContext, record: IsolateNetworkRecord) -> str:
+        namespace = record.namespace
         released = []
-        for entry in record["pods"]:
-            current = read_raw(ctx.kube.core.read_namespaced_pod, entry["name"], namespace)
-            if current is None or current["metadata"]["uid"] != entry["uid"]:
+        for entry in record.pods:
+            current = read_raw(ctx.kube.core.read_namespaced_pod, entry.name, namespace)
+            if current is None or current["metadata"]["uid"] != entry.uid:
                 continue
             labels: dict[str, str | None] = {quarantine_label(ctx.incident.key): None}
-            labels.update({k: old for k, (old, _) in entry.get("detach", {}).items()})
+            labels.update({k: old for k, (old, _) in (entry.detach or {}).items()})
             annotations: dict[str, str | None] = (
-                {DETACHED_FROM: None} if "detachedFrom" in entry else {})
+                {DETACHED_FROM: None} if entry.detached_from is not None else {})
             if _differs(current, labels, annotations):
-                raw(ctx.kube.core.patch_namespaced_pod, entry["name"], namespace,
+                raw(ctx.kube.core.patch_namespaced_pod, entry.name, namespace,
                     {"metadata": {"labels": labels, "annotations": annotations}})
-            released.append(entry["name"])
-        delete(ctx.kube.networking.delete_namespaced_network_policy, record["policy"], namespace)
-        return (f"removed NetworkPolicy {namespace}/{record['policy']}; released "
+            released.append(entry.name)
+        delete(ctx.kube.networking.delete_namespaced_network_policy, record.policy, namespace)
+        return (f"removed NetworkPolicy {namespace}/{record.policy}; released "
                 f"{', '.join(released) or 'no pods (all gone)'}")

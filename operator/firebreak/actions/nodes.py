@@ -8,11 +8,9 @@ undoes a cordon that someone else has since taken over.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..api import ActionName, TargetKind
 from ..kube import raw, read_raw
-from .base import Action, ActionContext, ActionRefused, Applied, NoParams, Prepared, ref
+from .base import Action, ActionContext, ActionRefused, Applied, NoParams, Prepared, Record, ref
 from .workloads import read_target, target_pods
 
 CORDONED_BY = "firebreak.dev/cordoned-by"
@@ -22,9 +20,16 @@ def _cordon_mark(ctx: ActionContext) -> str:
     return f"{ctx.incident.namespace}/{ctx.incident.name}"
 
 
+class CordonNodeRecord(Record):
+    """The nodes this step cordons (not those that were cordoned already)."""
+
+    nodes: list[str]
+
+
 class CordonNode(Action):
     name = ActionName.cordon_node
     params_model = NoParams
+    record_model = CordonNodeRecord
 
     def _target_nodes(self, ctx: ActionContext) -> list[str]:
         if ctx.target.kind is TargetKind.node:
@@ -49,13 +54,13 @@ class CordonNode(Action):
         return Prepared(
             message=message,
             objects=[ref("Node", n) for n in wanted],
-            record={"nodes": to_cordon},
+            record=CordonNodeRecord(nodes=to_cordon),
             facts={"schedulableNodesAfter": len(schedulable) - len(to_cordon)},
         )
 
-    def apply(self, ctx: ActionContext, params: NoParams, record: dict[str, Any]) -> Applied:
+    def apply(self, ctx: ActionContext, params: NoParams, record: CordonNodeRecord) -> Applied:
         mark = _cordon_mark(ctx)
-        for name in record["nodes"]:
+        for name in record.nodes:
             node = read_raw(ctx.kube.core.read_node, name)
             if node is None:
                 continue
@@ -66,13 +71,13 @@ class CordonNode(Action):
                 "metadata": {"annotations": {CORDONED_BY: mark}},
                 "spec": {"unschedulable": True},
             })
-        return Applied(message=f"cordoned {', '.join(record['nodes']) or 'nothing'}",
+        return Applied(message=f"cordoned {', '.join(record.nodes) or 'nothing'}",
                        record=record)
 
-    def revert(self, ctx: ActionContext, record: dict[str, Any]) -> str:
+    def revert(self, ctx: ActionContext, record: CordonNodeRecord) -> str:
         mark = _cordon_mark(ctx)
         uncordoned, left = [], []
-        for name in record["nodes"]:
+        for name in record.nodes:
             node = read_raw(ctx.kube.core.read_node, name)
             if node is None:
                 continue

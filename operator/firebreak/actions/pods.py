@@ -16,14 +16,14 @@ already replaced counts as deleted.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from kubernetes import client
 from pydantic import Field
 
 from ..api import ActionName
 from ..kube import ApiError, delete
-from .base import Action, ActionContext, Applied, Params, Prepared, ref
+from .base import Action, ActionContext, Applied, Params, Prepared, Record, RecordPart, ref
 from .workloads import is_ready, pods_of, target_pods, top_workload
 
 
@@ -37,19 +37,32 @@ class DeletePodParams(Params):
                     "target's workload.")
 
 
+class PodToDelete(RecordPart):
+    namespace: str
+    name: str
+    uid: str
+
+
+class DeletePodRecord(Record):
+    """The pods to delete, each with the uid it had when the step was prepared."""
+
+    pods: list[PodToDelete]
+
+
 class DeletePod(Action):
     name = ActionName.delete_pod
     params_model = DeletePodParams
+    record_model = DeletePodRecord
     revertible = False
 
     def prepare(self, ctx: ActionContext, params: DeletePodParams) -> Prepared:
         pods = target_pods(ctx.kube, ctx.target, params.scope)
-        record = {"pods": [
-            {"namespace": p["metadata"]["namespace"], "name": p["metadata"]["name"],
-             "uid": p["metadata"]["uid"]}
+        record = DeletePodRecord(pods=[
+            PodToDelete(namespace=p["metadata"]["namespace"], name=p["metadata"]["name"],
+                        uid=p["metadata"]["uid"])
             for p in sorted(pods, key=lambda p: p["metadata"]["name"])
-        ]}
-        names = ", ".join(p["name"] for p in record["pods"]) or "no pods"
+        ])
+        names = ", ".join(p.name for p in record.pods) or "no pods"
         facts: dict[str, int] = {}
         warnings: list[str] = []
         message = f"delete {names}"
@@ -65,31 +78,31 @@ class DeletePod(Action):
                         f"{facts['healthyAfter']} ready replica(s)")
         return Prepared(
             message=message,
-            objects=[ref("Pod", p["name"], p["namespace"]) for p in record["pods"]],
+            objects=[ref("Pod", p.name, p.namespace) for p in record.pods],
             record=record,
             facts=facts,
             warnings=warnings,
         )
 
     def apply(self, ctx: ActionContext, params: DeletePodParams,
-              record: dict[str, Any]) -> Applied:
+              record: DeletePodRecord) -> Applied:
         deleted: list[str] = []
         gone: list[str] = []
         replaced: list[str] = []
-        for pod in record["pods"]:
+        for pod in record.pods:
             options = client.V1DeleteOptions(
                 grace_period_seconds=params.grace_period_seconds,
-                preconditions=client.V1Preconditions(uid=pod["uid"]))
+                preconditions=client.V1Preconditions(uid=pod.uid))
             try:
-                existed = delete(ctx.kube.core.delete_namespaced_pod, pod["name"],
-                                 pod["namespace"], body=options)
+                existed = delete(ctx.kube.core.delete_namespaced_pod, pod.name,
+                                 pod.namespace, body=options)
             except ApiError as exc:
                 # A failed uid precondition: the name belongs to a replacement now.
                 if exc.status != 409:
                     raise
-                replaced.append(pod["name"])
+                replaced.append(pod.name)
                 continue
-            (deleted if existed else gone).append(pod["name"])
+            (deleted if existed else gone).append(pod.name)
         parts = [f"deleted {', '.join(deleted) or 'no pods'}"]
         if gone:
             parts.append(f"{', '.join(gone)} already gone")

@@ -8,13 +8,13 @@ A revert leaves the workload alone if someone changed its scale in the meantime.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from ..api import ActionName, TargetKind
 from ..kube import raw, read_raw
-from .base import Action, ActionContext, ActionRefused, Applied, Params, Prepared, ref
+from .base import Action, ActionContext, ActionRefused, Applied, Params, Prepared, Record, ref
 from .workloads import top_workload
 
 SCALABLE = ("Deployment", "StatefulSet")
@@ -22,6 +22,20 @@ SCALABLE = ("Deployment", "StatefulSet")
 
 class ScaleDownParams(Params):
     replicas: int = Field(default=0, ge=0, description="The replica count to scale to.")
+
+
+class ScaleDownRecord(Record):
+    """The workload and its replica count before the scale-down."""
+
+    kind: Literal["Deployment", "StatefulSet"]
+    namespace: str
+    name: str
+    previous_replicas: int = Field(ge=0)
+    replicas: int = Field(ge=0)
+
+    @property
+    def where(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
 
 
 def _scale_api(ctx: ActionContext, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -34,6 +48,7 @@ def _scale_api(ctx: ActionContext, kind: str) -> tuple[Callable[..., Any], Calla
 class ScaleDown(Action):
     name = ActionName.scale_down
     params_model = ScaleDownParams
+    record_model = ScaleDownRecord
 
     def prepare(self, ctx: ActionContext, params: ScaleDownParams) -> Prepared:
         if ctx.target.kind is TargetKind.node:
@@ -51,33 +66,32 @@ class ScaleDown(Action):
             message=f"scale {kind} {meta['namespace']}/{meta['name']} from {current} "
                     f"to {params.replicas} replicas",
             objects=[ref(kind, meta["name"], meta["namespace"])],
-            record={"kind": kind, "namespace": meta["namespace"], "name": meta["name"],
-                    "previousReplicas": current, "replicas": params.replicas},
+            record=ScaleDownRecord(kind=kind, namespace=meta["namespace"], name=meta["name"],
+                                   previous_replicas=current, replicas=params.replicas),
         )
 
     def apply(self, ctx: ActionContext, params: ScaleDownParams,
-              record: dict[str, Any]) -> Applied:
-        read_scale, patch_scale = _scale_api(ctx, record["kind"])
-        name, namespace = record["name"], record["namespace"]
-        if raw(read_scale, name, namespace)["spec"].get("replicas", 0) != record["replicas"]:
-            raw(patch_scale, name, namespace, {"spec": {"replicas": record["replicas"]}})
+              record: ScaleDownRecord) -> Applied:
+        read_scale, patch_scale = _scale_api(ctx, record.kind)
+        name, namespace = record.name, record.namespace
+        if raw(read_scale, name, namespace)["spec"].get("replicas", 0) != record.replicas:
+            raw(patch_scale, name, namespace, {"spec": {"replicas": record.replicas}})
         return Applied(
-            message=f"scaled {record['kind']} {namespace}/{name} from "
-                    f"{record['previousReplicas']} to {record['replicas']}",
+            message=f"scaled {record.where} from {record.previous_replicas} to {record.replicas}",
             record=record)
 
-    def revert(self, ctx: ActionContext, record: dict[str, Any]) -> str:
-        read_scale, patch_scale = _scale_api(ctx, record["kind"])
-        name, namespace = record["name"], record["namespace"]
-        where = f"{record['kind']} {namespace}/{name}"
-        scale = read_raw(read_scale, name, namespace)
+    def revert(self, ctx: ActionContext, record: ScaleDownRecord) -> str:
+        read_scale, patch_scale = _scale_api(ctx, record.kind)
+        where = record.where
+        scale = read_raw(read_scale, record.name, record.namespace)
         if scale is None:
             return f"{where} no longer exists; nothing to restore"
         current = scale["spec"].get("replicas", 0)
-        if current == record["previousReplicas"]:
+        if current == record.previous_replicas:
             return f"{where} already at {current} replicas"
-        if current != record["replicas"]:
+        if current != record.replicas:
             return (f"left {where} at {current} replicas: changed by someone else since the "
-                    f"scale-down to {record['replicas']}")
-        raw(patch_scale, name, namespace, {"spec": {"replicas": record["previousReplicas"]}})
-        return f"restored {where} to {record['previousReplicas']} replicas"
+                    f"scale-down to {record.replicas}")
+        raw(patch_scale, record.name, record.namespace,
+            {"spec": {"replicas": record.previous_replicas}})
+        return f"restored {where} to {record.previous_replicas} replicas"

@@ -39,7 +39,17 @@ from pydantic import Field
 
 from ..api import ActionName, TargetKind
 from ..kube import ApiError, Kube, TemporaryApiError, call, create, raw, read_raw
-from .base import Action, ActionContext, ActionRefused, Applied, Params, Prepared, ref
+from .base import (
+    Action,
+    ActionContext,
+    ActionRefused,
+    Applied,
+    Params,
+    Prepared,
+    Record,
+    RecordPart,
+    ref,
+)
 from .workloads import Obj, controller_of, owner_chain, pods_of, read_object, read_target
 
 EVIDENCE_LABEL = "firebreak.dev/evidence"
@@ -68,6 +78,40 @@ class SnapshotParams(Params):
         default=None, alias="volumeSnapshotClassName", min_length=1,
         description="VolumeSnapshotClass for the volume snapshots; the cluster default "
                     "when empty.")
+
+
+class EvidenceStorage(RecordPart):
+    kind: Literal["Secret", "ConfigMap"]
+    namespace: str
+    prefix: str
+    index: str
+
+
+class EvidenceObject(RecordPart):
+    kind: str
+    name: str
+    uid: str | None = None
+    namespace: str | None = None
+
+
+class NotCollected(RecordPart):
+    what: str
+    reason: str
+
+
+class PlannedVolumeSnapshot(RecordPart):
+    namespace: str
+    claim: str
+    name: str
+
+
+class SnapshotRecord(Record):
+    """Where the bundle goes and what it holds, decided when the step was prepared."""
+
+    storage: EvidenceStorage
+    objects: list[EvidenceObject]
+    pods_not_collected: list[NotCollected] = Field(default_factory=list)
+    volume_snapshots: list[PlannedVolumeSnapshot] = Field(default_factory=list)
 
 
 # --- names ----------------------------------------------------------------------
@@ -138,12 +182,10 @@ def _dump(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
-def _object_record(obj: Obj) -> dict[str, Any]:
+def _object_record(obj: Obj) -> EvidenceObject:
     meta = obj["metadata"]
-    entry = {"kind": obj["kind"], "name": meta["name"], "uid": meta.get("uid")}
-    if meta.get("namespace"):
-        entry["namespace"] = meta["namespace"]
-    return entry
+    return EvidenceObject(kind=obj["kind"], name=meta["name"], uid=meta.get("uid"),
+                          namespace=meta.get("namespace") or None)
 
 
 def _claims(pod: Obj) -> list[str]:
@@ -238,19 +280,19 @@ class Bundle:
             self.logs_skipped.append(_short(reason))
 
 
-def _collect(ctx: ActionContext, params: SnapshotParams, record: dict[str, Any],
+def _collect(ctx: ActionContext, params: SnapshotParams, record: SnapshotRecord,
              limit: int) -> Bundle:
     kube, bundle = ctx.kube, Bundle()
     pods: list[Obj] = []
-    for entry in record["objects"]:
-        kind, namespace, name = entry["kind"], entry.get("namespace"), entry["name"]
+    for entry in record.objects:
+        kind, namespace, name = entry.kind, entry.namespace, entry.name
         what = _describe(kind, namespace, name)
         obj = read_object(kube, kind, namespace, name)
         if obj is None:
             bundle.skip(what, "no longer exists")
             continue
-        if entry.get("uid") and obj["metadata"].get("uid") != entry["uid"]:
-            bundle.skip(what, f"replaced since the step was prepared (uid {entry['uid']} "
+        if entry.uid and obj["metadata"].get("uid") != entry.uid:
+            bundle.skip(what, f"replaced since the step was prepared (uid {entry.uid} "
                               f"is now {obj['metadata'].get('uid')})")
             continue
         obj.setdefault("kind", kind)
@@ -264,8 +306,8 @@ def _collect(ctx: ActionContext, params: SnapshotParams, record: dict[str, Any],
             bundle.events += len(events)
         if kind == "Pod":
             pods.append(obj)
-    for entry in record.get("podsNotCollected") or ():
-        bundle.skip(entry["what"], entry["reason"])
+    for left_out in record.pods_not_collected:
+        bundle.skip(left_out.what, left_out.reason)
 
     unreachable: dict[str, str] = {}
     for pod in pods:
@@ -298,38 +340,38 @@ def _collect(ctx: ActionContext, params: SnapshotParams, record: dict[str, Any],
 
 
 def _take_volume_snapshots(ctx: ActionContext, params: SnapshotParams,
-                           record: dict[str, Any], bundle: Bundle) -> None:
-    wanted = record.get("volumeSnapshots") or []
+                           record: SnapshotRecord, bundle: Bundle) -> None:
+    wanted = record.volume_snapshots
     if not wanted:
         return
     served = ctx.kube.served(SNAPSHOT_GROUP, SNAPSHOT_VERSION)
     for entry in wanted:
-        result = {"namespace": entry["namespace"], "name": entry["name"],
-                  "persistentVolumeClaim": entry["claim"]}
+        result = {"namespace": entry.namespace, "name": entry.name,
+                  "persistentVolumeClaim": entry.claim}
         bundle.snapshots.append(result)
         if not served:
             result["result"] = f"skipped: {SNAPSHOT_GROUP}/{SNAPSHOT_VERSION} is not served"
             continue
-        spec: dict[str, Any] = {"source": {"persistentVolumeClaimName": entry["claim"]}}
+        spec: dict[str, Any] = {"source": {"persistentVolumeClaimName": entry.claim}}
         if params.volume_snapshot_class_name:
             spec["volumeSnapshotClassName"] = params.volume_snapshot_class_name
         body = {
             "apiVersion": f"{SNAPSHOT_GROUP}/{SNAPSHOT_VERSION}",
             "kind": "VolumeSnapshot",
-            "metadata": {"name": entry["name"], "namespace": entry["namespace"],
+            "metadata": {"name": entry.name, "namespace": entry.namespace,
                          "labels": _labels(ctx)},
             "spec": spec,
         }
         try:
             created = create(ctx.kube.custom.create_namespaced_custom_object, SNAPSHOT_GROUP,
-                             SNAPSHOT_VERSION, entry["namespace"], SNAPSHOT_PLURAL, body)
+                             SNAPSHOT_VERSION, entry.namespace, SNAPSHOT_PLURAL, body)
         except ApiError as exc:
             if isinstance(exc, TemporaryApiError):
                 raise
             result["result"] = f"skipped: {_short(str(exc))}"
             bundle.warnings.append(
-                f"no VolumeSnapshot of PersistentVolumeClaim {entry['namespace']}/"
-                f"{entry['claim']}: {_short(str(exc))}")
+                f"no VolumeSnapshot of PersistentVolumeClaim {entry.namespace}/"
+                f"{entry.claim}: {_short(str(exc))}")
             continue
         result["result"] = "created" if created is not None else "already existed"
 
@@ -498,6 +540,7 @@ def _write(ctx: ActionContext, kind: str, prefix: str, parts: list[list[File]],
 class Snapshot(Action):
     name = ActionName.snapshot
     params_model = SnapshotParams
+    record_model = SnapshotRecord
     revertible = False
 
     def prepare(self, ctx: ActionContext, params: SnapshotParams) -> Prepared:
@@ -523,8 +566,8 @@ class Snapshot(Action):
             for pod in pods:  # list items carry no kind
                 pod.setdefault("kind", "Pod")
         not_collected = [
-            {"what": _describe("Pod", p["metadata"]["namespace"], p["metadata"]["name"]),
-             "reason": f"more pods than maxPods ({params.max_pods})"}
+            NotCollected(what=_describe("Pod", p["metadata"]["namespace"], p["metadata"]["name"]),
+                         reason=f"more pods than maxPods ({params.max_pods})")
             for p in pods[params.max_pods:]
         ]
         for pod in pods[:params.max_pods]:
@@ -540,17 +583,18 @@ class Snapshot(Action):
                     add(above)
 
         claims = sorted({(p["metadata"]["namespace"], c) for p in pods for c in _claims(p)})
-        snapshots = [{"namespace": ns, "claim": claim, "name": volume_snapshot_name(ctx, claim)}
+        snapshots = [PlannedVolumeSnapshot(namespace=ns, claim=claim,
+                                           name=volume_snapshot_name(ctx, claim))
                      for ns, claim in claims]
         kind = "Secret" if params.storage == "secret" else "ConfigMap"
         prefix = evidence_prefix(ctx)
-        record: dict[str, Any] = {
-            "storage": {"kind": kind, "namespace": ctx.incident.namespace, "prefix": prefix,
-                        "index": part_name(prefix, 0)},
-            "objects": [_object_record(o) for o in collected],
-            "podsNotCollected": not_collected,
-            "volumeSnapshots": snapshots,
-        }
+        record = SnapshotRecord(
+            storage=EvidenceStorage(kind=kind, namespace=ctx.incident.namespace, prefix=prefix,
+                                    index=part_name(prefix, 0)),
+            objects=[_object_record(o) for o in collected],
+            pods_not_collected=not_collected,
+            volume_snapshots=snapshots,
+        )
         warnings = []
         message = (f"store {len(collected)} objects with their events and the logs of "
                    f"{min(len(pods), params.max_pods)} pods in {kind} "
@@ -566,15 +610,14 @@ class Snapshot(Action):
                     f"{SNAPSHOT_GROUP}/{SNAPSHOT_VERSION} is not served")
         return Prepared(
             message=message,
-            objects=[ref(o["kind"], o["name"], o.get("namespace")) for o in record["objects"]],
+            objects=[ref(o.kind, o.name, o.namespace) for o in record.objects],
             record=record,
             warnings=warnings,
         )
 
     def apply(self, ctx: ActionContext, params: SnapshotParams,
-              record: dict[str, Any]) -> Applied:
-        storage = record["storage"]
-        kind, prefix = storage["kind"], storage["prefix"]
+              record: SnapshotRecord) -> Applied:
+        kind, prefix = record.storage.kind, record.storage.prefix
         _, read_fn, _, _ = _storage_api(ctx.kube, kind)
         first = part_name(prefix, 0)
         existing = read_raw(read_fn, first, ctx.incident.namespace)
