@@ -47,7 +47,7 @@ from .api import (
 )
 from .config import OperatorConfig
 from .guardrails import check_step, check_target
-from .kube import Kube, PermanentApiError, TemporaryApiError, call
+from .kube import Kube, NotFound, PermanentApiError, TemporaryApiError, call
 from .matching import PlaybookCandidate, allowed, select_playbook
 from .planning import PlanError, plan
 
@@ -87,10 +87,8 @@ class Engine:
         try:
             body = cast(dict[str, Any], call(self.kube.custom.get_namespaced_custom_object,
                                              GROUP, VERSION, namespace, INCIDENT_PLURAL, name))
-        except PermanentApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
         return body
 
     def reconcile(self, namespace: str, name: str, playbooks: Iterable[PlaybookCandidate],

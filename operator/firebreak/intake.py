@@ -28,7 +28,7 @@ from typing import Any, Literal, cast
 from .actions.workloads import controller_of, read_object
 from .api import FINALIZER, GROUP, INCIDENT_PLURAL, PLAYBOOK_PLURAL, VERSION, ReleasePolicy, TargetKind
 from .config import OperatorConfig
-from .kube import ApiError, Kube, PermanentApiError, call, create, read
+from .kube import Conflict, Forbidden, Kube, PermanentApiError, call, create, read
 from .sources.signal import Signal, SignalStatus, incident_name
 
 log = logging.getLogger(__name__)
@@ -159,9 +159,8 @@ class Intake:
                 call(self.kube.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
                      namespace, INCIDENT_PLURAL, name, patch, retry_for=self.retry_for)
                 return
-            except ApiError as exc:
-                if exc.status != 409:
-                    raise
+            except Conflict:
+                pass
             fresh = self._read(namespace, name)
             if fresh is None:
                 raise PermanentApiError(f"incident {namespace}/{name} was deleted while counting")
@@ -212,10 +211,8 @@ class Intake:
                 replicaset = read_object(self.kube, "ReplicaSet", target.namespace,
                                          owner["name"])
                 owner = (controller_of(replicaset) if replicaset is not None else None) or owner
-        except ApiError as exc:
-            if exc.status == 403:
-                return target, labels
-            raise
+        except Forbidden:
+            return target, labels
         if owner is None:
             return target, labels
         labels = {**labels, WORKLOAD_KIND_LABEL: owner["kind"],

@@ -5,6 +5,10 @@
   exponential backoff and jitter (tenacity), then raised as ``TemporaryApiError``.
 - Everything else (403, 422, 400 ...) is permanent: raised as ``PermanentApiError``
   with the API server's own message, to be recorded in status as it is.
+
+Callers tell errors apart by class, not by status code: ``NotFound``, ``Conflict``
+(``AlreadyExists`` when a create found the name taken), ``Forbidden``, ``Invalid``,
+``Gone`` and ``BadRequest`` are the permanent errors code reacts to.
 """
 
 from __future__ import annotations
@@ -42,19 +46,55 @@ class PermanentApiError(ApiError):
     """The API server refused the request; trying again will not help."""
 
 
+class BadRequest(PermanentApiError):
+    """400: the request is malformed."""
+
+
+class Forbidden(PermanentApiError):
+    """403: RBAC (or an admission policy) does not allow it."""
+
+
+class NotFound(PermanentApiError):
+    """404: no such object (or no such resource)."""
+
+
+class Conflict(PermanentApiError):
+    """409: a precondition failed (resourceVersion, uid) or the name is taken."""
+
+
+class AlreadyExists(Conflict):
+    """409 on create: an object of that name exists."""
+
+
+class Gone(PermanentApiError):
+    """410: the resourceVersion asked for is too old."""
+
+
+class Invalid(PermanentApiError):
+    """422: the object does not validate (an immutable field changed, a schema rule)."""
+
+
+PERMANENT = {400: BadRequest, 403: Forbidden, 404: NotFound, 409: Conflict, 410: Gone,
+             422: Invalid}
+
+
 def is_temporary(exc: BaseException) -> bool:
     if isinstance(exc, ApiException):
         return exc.status in TEMPORARY_STATUSES or exc.status == 0
     return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
 
-def api_message(exc: ApiException) -> str:
-    """The ``message`` of a Status body, or the reason phrase."""
+def _status_body(exc: ApiException) -> dict[str, Any]:
     try:
         body = json.loads(exc.body or "{}")
     except ValueError:
-        body = {}
-    message = body.get("message") if isinstance(body, dict) else None
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def api_message(exc: ApiException) -> str:
+    """The ``message`` of a Status body, or the reason phrase."""
+    message = _status_body(exc).get("message")
     return f"{exc.status} {exc.reason}: {message}" if message else f"{exc.status} {exc.reason}"
 
 
@@ -62,7 +102,13 @@ def classify(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, ApiException):
-        cls = TemporaryApiError if is_temporary(exc) else PermanentApiError
+        cls: type[ApiError]
+        if is_temporary(exc):
+            cls = TemporaryApiError
+        elif exc.status == 409 and _status_body(exc).get("reason") == "AlreadyExists":
+            cls = AlreadyExists
+        else:
+            cls = PERMANENT.get(exc.status, PermanentApiError)
         return cls(api_message(exc), exc.status)
     return TemporaryApiError(f"API server unreachable: {exc}")
 
@@ -97,30 +143,24 @@ def read_raw(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any
     """Like ``raw`` for a single object; None when it does not exist."""
     try:
         return raw(fn, *args, **kwargs)
-    except ApiError as exc:
-        if exc.status == 404:
-            return None
-        raise
+    except NotFound:
+        return None
 
 
 def create(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """Create an object; one that already exists is success (returns None)."""
     try:
         return call(fn, *args, **kwargs)
-    except ApiError as exc:
-        if exc.status == 409:
-            return None
-        raise
+    except Conflict:
+        return None
 
 
 def delete(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
     """Delete an object; one already gone is success. Returns whether it existed."""
     try:
         call(fn, *args, **kwargs)
-    except ApiError as exc:
-        if exc.status == 404:
-            return False
-        raise
+    except NotFound:
+        return False
     return True
 
 
@@ -128,10 +168,8 @@ def read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """Read an object; None when it does not exist."""
     try:
         return call(fn, *args, **kwargs)
-    except ApiError as exc:
-        if exc.status == 404:
-            return None
-        raise
+    except NotFound:
+        return None
 
 
 @dataclass

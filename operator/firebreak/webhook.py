@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from .config import OperatorConfig
 from .intake import Intake, Recorded
-from .kube import ApiError, Kube, TemporaryApiError, call
+from .kube import ApiError, BadRequest, Invalid, Kube, TemporaryApiError, call
 from .sources.alertmanager import AlertmanagerPayload, signals_from_alertmanager
 from .sources.falco import FalcoEvent, signal_from_falco
 from .sources.signal import Signal
@@ -175,7 +175,7 @@ class Webhook:
         except TemporaryApiError as exc:
             return error(503, f"could not store the incidents, retry later: {exc}")
         except ApiError as exc:
-            status = 400 if exc.status in (400, 422) else 500
+            status = 400 if isinstance(exc, BadRequest | Invalid) else 500
             return error(status, f"the API server refused the incident: {exc}")
         return web.json_response({"incidents": [r.to_json() for r in results]})
 

@@ -78,9 +78,10 @@ class Crash(BaseException):
 
 
 class Refusal(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.code, self.message = code, message
+        self.reason = reason or REASONS.get(code, "Unknown")
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,8 @@ class Recorder:
             try:
                 code, payload = self._serve(method, parts.path, query, headers, body)
             except Refusal as refusal:
-                code, payload = refusal.code, _status(refusal.code, refusal.message)
+                code = refusal.code
+                payload = _status(refusal.code, refusal.message, refusal.reason)
         if isinstance(payload, str):
             data, content_type = payload.encode(), "text/plain"
         else:
@@ -332,7 +334,7 @@ class Recorder:
             meta["namespace"] = namespace
         key = self._key(resource, namespace, meta["name"])
         if key in self.objects:
-            raise Refusal(409, f'{resource} "{meta["name"]}" already exists')
+            raise Refusal(409, f'{resource} "{meta["name"]}" already exists', "AlreadyExists")
         obj.setdefault("apiVersion", api_version)
         obj.setdefault("kind", kind)
         if resource in CUSTOM:
@@ -444,9 +446,9 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def _status(code: int, message: str) -> Obj:
+def _status(code: int, message: str, reason: str) -> Obj:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": REASONS.get(code, "Unknown"), "code": code}
+            "message": message, "reason": reason, "code": code}
 
 
 def _scale(obj: Obj) -> Obj:

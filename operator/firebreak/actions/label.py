@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from ..api import ActionName, TargetKind
-from ..kube import ApiError, Kube, TemporaryApiError, raw
+from ..kube import Conflict, Invalid, Kube, NotFound, TemporaryApiError, raw
 from .base import Action, ActionContext, ActionRefused, Applied, Params, Prepared, Record, ref
 from .workloads import Obj, controller_of, read_object, read_target
 
@@ -175,10 +175,9 @@ class Label(Action):
         if any(labels.get(k) != v for k, v in record.labels.items()):
             try:
                 _patch(ctx.kube, record, {"labels": record.labels})
-            except ApiError as exc:
+            except (NotFound, Invalid) as exc:
                 # Replaced or deleted between the read and the patch?
-                if exc.status in (404, 422) and (
-                        gone := self._gone(record, self._read(ctx, record))):
+                if gone := self._gone(record, self._read(ctx, record)):
                     raise ActionRefused(f"{where} {gone} since the step was "
                                         f"prepared") from exc
                 raise
@@ -212,11 +211,11 @@ class Label(Action):
                 # after we read them; then read and decide again.
                 _patch(ctx.kube, record, {"labels": restore,
                                           "resourceVersion": current["metadata"]["resourceVersion"]})
-            except ApiError as exc:
-                # 409: changed since read; 404/422: deleted or replaced. Decide again.
-                if exc.status == 409 or (
-                        exc.status in (404, 422) and self._gone(record, self._read(ctx, record))):
-                    continue
+            except Conflict:
+                continue  # changed since read: decide again
+            except (NotFound, Invalid):
+                if self._gone(record, self._read(ctx, record)):
+                    continue  # deleted or replaced: decide again
                 raise
             return message
         raise TemporaryApiError(f"{where} kept changing while its labels were being restored")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ..api import ActionName
-from ..kube import ApiError, create, delete, raw, read_raw
+from ..kube import Conflict, Invalid, NotFound, create, delete, raw, read_raw
 from ..selectors import selects
 from .base import (
     INCIDENT_LABEL,
@@ -243,9 +243,7 @@ class IsolateNetwork(Action):
                                   "annotations": annotations}}
             try:
                 raw(ctx.kube.core.patch_namespaced_pod, entry.name, namespace, patch)
-            except ApiError as exc:
-                if exc.status not in (404, 409, 422):
-                    raise
+            except (NotFound, Conflict, Invalid):  # gone, or replaced under the same name
                 gone.append(entry.name)
                 continue
             labelled.append(entry.name)

@@ -22,7 +22,7 @@ from kubernetes import client
 from pydantic import Field
 
 from ..api import ActionName
-from ..kube import ApiError, delete
+from ..kube import Conflict, delete
 from .base import Action, ActionContext, Applied, Params, Prepared, Record, RecordPart, ref
 from .workloads import is_ready, pods_of, target_pods, top_workload
 
@@ -96,10 +96,8 @@ class DeletePod(Action):
             try:
                 existed = delete(ctx.kube.core.delete_namespaced_pod, pod.name,
                                  pod.namespace, body=options)
-            except ApiError as exc:
+            except Conflict:
                 # A failed uid precondition: the name belongs to a replacement now.
-                if exc.status != 409:
-                    raise
                 replaced.append(pod.name)
                 continue
             (deleted if existed else gone).append(pod.name)
