@@ -2,6 +2,9 @@
 
 The operator owns its persistence keys: its finalizer and Kopf's progress and
 diff-base annotations live under ``firebreak.dev``, set at start-up.
+
+What the handlers use is built once at start-up into one typed ``Services`` object,
+kept in Kopf's memo under one key and read back through ``services(memo)``.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -27,6 +31,38 @@ from .sources.trivy import TrivyThresholds, signal_from_vulnerability_report
 from .webhook import TokenSource, Webhook, describe_auth
 
 ALL = None  # the playbook index keeps every playbook under one key
+SERVICES = "services"
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything the handlers delegate to, built once at start-up."""
+
+    config: OperatorConfig
+    engine: Engine
+    intake: Intake
+    events: EventPoster
+    trivy: TrivyThresholds
+    webhook: Webhook | None = None
+    poller: asyncio.Task[None] | None = None
+
+
+def services(memo: kopf.Memo) -> Services:
+    """The operator's services, as the start-up handler stored them."""
+    found = memo.get(SERVICES)
+    if not isinstance(found, Services):
+        raise RuntimeError("the operator's services are not set up: the start-up handler "
+                           "did not run")
+    return found
+
+
+def _config(memo: kopf.Memo) -> OperatorConfig:
+    """The configuration ``firebreak run`` put in the memo."""
+    config = memo.get("config")
+    if not isinstance(config, OperatorConfig):
+        raise RuntimeError("no OperatorConfig in the memo: start the operator with "
+                           "`firebreak run`")
+    return config
 
 
 @kopf.on.startup()
@@ -41,33 +77,44 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
     settings.watching.server_timeout = 300
     settings.batching.batch_window = 0.01  # react to a new incident at once
-    config: OperatorConfig = memo["config"]
-    kube = Kube.from_environment(memo.get("kubeconfig"))
-    memo["events"] = events = EventPoster(kube)
-    memo["engine"] = Engine(kube=kube, config=config, actions=registry(), emit=events)
-    memo["intake"] = intake = Intake(kube, config)
-    memo["trivy"] = TrivyThresholds(min_severity=config.trivy_min_severity,
-                                    require_fix=config.trivy_require_fix,
-                                    min_count=config.trivy_min_count)
+    config = _config(memo)
+    kubeconfig = memo.get("kubeconfig")
+    kube = Kube.from_environment(kubeconfig if isinstance(kubeconfig, str) else None)
+    events = EventPoster(kube)
+    intake = Intake(kube, config)
+    webhook = None
     if config.webhook_address:
         tokens = TokenSource(config, kube)
         problem = describe_auth(config, tokens)
         if problem is not None:
             logging.getLogger(__name__).warning("alert webhook disabled: %s", problem)
         else:
-            memo["webhook"] = webhook = Webhook(config, intake, tokens)
+            webhook = Webhook(config, intake, tokens)
             await webhook.start()
+    poller = None
     if config.prometheus_url:
-        memo["poller"] = asyncio.create_task(PrometheusPoller(config, intake).run())
+        poller = asyncio.create_task(PrometheusPoller(config, intake).run())
+    memo[SERVICES] = Services(
+        config=config,
+        engine=Engine(kube=kube, config=config, actions=registry(), emit=events),
+        intake=intake,
+        events=events,
+        trivy=TrivyThresholds(min_severity=config.trivy_min_severity,
+                              require_fix=config.trivy_require_fix,
+                              min_count=config.trivy_min_count),
+        webhook=webhook,
+        poller=poller,
+    )
 
 
 @kopf.on.cleanup()
 async def stop_intake(memo: kopf.Memo, **_: Any) -> None:
-    if (webhook := memo.get("webhook")) is not None:
-        await webhook.stop()
-    if (poller := memo.get("poller")) is not None:
-        poller.cancel()
-    memo["events"].close()
+    found = services(memo)
+    if found.webhook is not None:
+        await found.webhook.stop()
+    if found.poller is not None:
+        found.poller.cancel()
+    found.events.close()
 
 
 @kopf.on.event("aquasecurity.github.io", "v1alpha1", "vulnerabilityreports")
@@ -78,14 +125,14 @@ def vulnerability_report(type: str | None, body: kopf.Body, memo: kopf.Memo,
     if type == "DELETED":
         return
     try:
-        signal = signal_from_vulnerability_report(dict(body), memo["trivy"])
+        signal = signal_from_vulnerability_report(dict(body), services(memo).trivy)
     except ValidationError as exc:
         logger.warning("VulnerabilityReport %s/%s is malformed and ignored: %s",
                        body.get("metadata", {}).get("namespace"),
                        body.get("metadata", {}).get("name"), exc)
         return
     if signal is not None:
-        recorded = memo["intake"].record(signal)
+        recorded = services(memo).intake.record(signal)
         logger.info("VulnerabilityReport: incident %s/%s %s", recorded.namespace,
                     recorded.name, recorded.outcome)
 
@@ -110,8 +157,8 @@ def reconcile(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo
               playbooks: kopf.Index[Any, Any] | None = None, **_: Any) -> None:
     assert namespace is not None and playbooks is not None  # Kopf passes the index by name
     try:
-        memo["engine"].reconcile(namespace, name, list(playbooks.get(ALL, [])),
-                                 body=_plain(body))
+        services(memo).engine.reconcile(namespace, name, list(playbooks.get(ALL, [])),
+                                        body=_plain(body))
     except RetryLater as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
 
@@ -126,6 +173,6 @@ def release(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo,
             **_: Any) -> None:
     assert namespace is not None
     try:
-        memo["engine"].release(namespace, name, dict(body))
+        services(memo).engine.release(namespace, name, dict(body))
     except RetryLater as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
