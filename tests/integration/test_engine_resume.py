@@ -37,6 +37,7 @@ class DyingAction(Action):
         self.inner, self.when = inner, when
         self.name = inner.name  # type: ignore[misc]
         self.params_model = inner.params_model  # type: ignore[misc]
+        self.record_model = inner.record_model  # type: ignore[misc]
 
     def prepare(self, ctx: ActionContext, params: Any) -> Prepared:
         return self.inner.prepare(ctx, params)
