@@ -1,6 +1,7 @@
 # Firebreak's commands. Every target installs what it needs on a fresh machine:
 # a virtualenv with the locked Python dependencies, and (for anything that needs a
-# cluster) the control-plane binaries built from upstream Go source, cached.
+# cluster) the cluster's binaries built from upstream Go source, cached, and the
+# Debian packages of its real node.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -25,32 +26,25 @@ controlplane: install
 	$(PY) -m tests.controlplane build
 
 ## Everything: lint, types, unit tests, and the tests against the local control plane.
-test: install controlplane alerting lint
+test: install controlplane nodepackages alerting lint
 	$(PY) -m pytest
 
-## Real Prometheus and Alertmanager for tests/alerting.py, from Debian's packages.
-## The packages register system services; a policy-rc.d (ours only when none is
-## there) keeps them from starting, and they are disabled afterwards, so nothing
-## holds 9090/9093/9100: the tests run their own processes on free loopback ports.
+## Real Prometheus and Alertmanager for tests/alerting.py, from Debian's packages,
+## kept from starting as services: the tests run their own on free loopback ports.
 .PHONY: alerting
 alerting:
-	@if command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null; then exit 0; fi; \
-	set -e; sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	policy=/usr/sbin/policy-rc.d; ours=; \
-	if [ ! -e $$policy ]; then \
-	  printf '#!/bin/sh\nexit 101\n' | $$sudo tee $$policy >/dev/null; $$sudo chmod 755 $$policy; ours=1; \
-	fi; \
-	trap '[ -z "$$ours" ] || $$sudo rm -f $$policy' EXIT; \
-	$$sudo apt-get update; \
-	$$sudo env DEBIAN_FRONTEND=noninteractive \
-	  apt-get install -y --no-install-recommends prometheus prometheus-alertmanager; \
-	for service in prometheus prometheus-alertmanager prometheus-node-exporter; do \
-	  if [ -d /run/systemd/system ]; then \
-	    $$sudo systemctl disable --now $$service >/dev/null 2>&1 || true; \
-	  elif command -v update-rc.d >/dev/null; then \
-	    $$sudo update-rc.d $$service disable >/dev/null 2>&1 || true; \
-	  fi; \
-	done
+	@tests/debian-packages.sh prometheus prometheus-alertmanager
+
+## What the real test node runs, from Debian's packages: containerd, runc, the CNI
+## plugins, iptables/ipset/nftables (for the policy enforcer and the clean-up),
+## busybox for test images, gcc for the pause program. Without apt-get the real-node
+## tests are skipped and say why.
+REAL_NODE_PACKAGES := containerd runc containernetworking-plugins iptables ipset nftables \
+	busybox-static gcc libc6-dev
+.PHONY: nodepackages
+nodepackages:
+	@if command -v apt-get >/dev/null; then tests/debian-packages.sh $(REAL_NODE_PACKAGES); \
+	else echo "no apt-get here: the real node cannot be installed (its tests will say so)"; fi
 
 ## Only the tests that need no cluster: pure logic, and the engine over an in-memory API.
 unit: install
@@ -62,17 +56,19 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 ## A local control plane left running; kubeconfig at .cluster/kubeconfig.
-cluster: controlplane
+cluster: controlplane nodepackages
 	$(PY) -m tests.controlplane up --dir .cluster
 
 cluster-down: install
 	$(PY) -m tests.controlplane down --dir .cluster
 
-demo: controlplane
+demo: controlplane nodepackages
 	$(PY) -m tests.demo
 
-bench: controlplane
+## The whole path under load (kwok nodes), then the dataplane on the real node.
+bench: controlplane nodepackages
 	$(PY) -m tests.bench
+	$(PY) -m tests.bench_dataplane
 
 clean: cluster-down
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -20,7 +20,7 @@ from firebreak.actions.base import ActionContext, IncidentRef
 from firebreak.api import Target, TargetKind
 from firebreak.config import OperatorConfig
 from firebreak.kube import Kube
-from tests.controlplane import LocalCluster
+from tests.controlplane import LocalCluster, RealNode
 from tests.helpers import deployment, running_pods, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +31,21 @@ def cluster() -> Iterator[LocalCluster]:
     nodes = int(os.environ.get("FIREBREAK_TEST_NODES", "3"))
     with LocalCluster.started(nodes=nodes) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: LocalCluster) -> RealNode:
+    """The cluster's real node. Where the host cannot run one, tests that need it are
+    skipped with the reason (or fail, with FIREBREAK_REQUIRE_REAL_NODE=1, as in CI);
+    a node that could run but failed to start is an error."""
+    if cluster.real_node_failure:
+        pytest.fail(cluster.real_node_failure)
+    if cluster.real_node is None:
+        reason = cluster.real_node_unavailable or "the cluster was started without one"
+        if os.environ.get("FIREBREAK_REQUIRE_REAL_NODE") == "1":
+            pytest.fail(f"a real node is required (FIREBREAK_REQUIRE_REAL_NODE=1): {reason}")
+        pytest.skip(f"no real node: {reason}")
+    return cluster.real_node
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,13 @@
-"""`make demo`: Firebreak's main job, start to end, on the local control plane.
+"""`make demo`: Firebreak's main job, start to end, on the local cluster.
 
-Starts the control plane, installs the CRDs and the ready playbooks, deploys a
-small shop, runs the operator, raises a crypto-miner incident on one pod, shows
-the incident moving through its phases and the isolating NetworkPolicy, then
-resolves it and shows everything reverted. It stops everything it started.
+Starts the cluster, installs the CRDs and the ready playbooks, deploys a small shop
+and a shopper pod on the real node, runs the operator, and tells the incident the
+way a responder sees it: the shopper's request to the storefront pod works, an alert
+arrives, the incident moves through its phases, the same request now fails; the
+incident is resolved, everything is reverted, and the request works again. Every
+request is real packets between pods, and the output says so. On a host that
+cannot run the real node, the shop runs on kwok's fake nodes and the output says
+that no packet could be sent. It stops everything it started.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from kubernetes import client
+
 from tests.controlplane import LocalCluster
 from tests.controlplane.cluster import _free_ports
+from tests.helpers import HTTP_PORT, REAL_NODE_LABEL, TOOLS_IMAGE, client_pod, fetch
 
 REPO = Path(__file__).resolve().parent.parent
 NS = "shop"
@@ -31,11 +38,16 @@ def say(text: str) -> None:
 
 def main() -> int:
     began = time.monotonic()
-    say("Starting a local Kubernetes control plane (etcd, kube-apiserver, controllers, kwok nodes)")
+    say("Starting a local Kubernetes cluster (etcd, kube-apiserver, controllers, kwok nodes, "
+        "one real node)")
     with LocalCluster.started(nodes=3) as cluster:
         kubectl = cluster.kubectl
         print(f"ready in {time.monotonic() - began:.1f}s")
-        print(kubectl("get", "nodes"))
+        print(kubectl("get", "nodes", "-L", REAL_NODE_LABEL))
+        real = cluster.real_node is not None
+        if not real:
+            print(f"No real node ({cluster.real_node_failure or cluster.real_node_unavailable}): "
+                  "the shop runs on fake nodes, and no request can be sent.")
 
         say("Installing Firebreak: CRDs, namespace, RBAC, and the playbooks in playbooks/")
         kubectl("apply", "-k", str(REPO / "crds"))
@@ -46,14 +58,21 @@ def main() -> int:
         kubectl("apply", "-f", str(REPO / "playbooks"))
         print(kubectl("get", "responseplaybooks", "-n", "firebreak-system"))
 
-        say("Deploying the shop: a storefront with 3 replicas")
+        say("Deploying the shop: a storefront with 3 replicas" + (
+            ", and a shopper pod, on the real node" if real else ""))
         kubectl("create", "namespace", NS)
-        kubectl("create", "deployment", "storefront", "-n", NS, "--image=nginx:1.27",
-                "--replicas=3")
+        kubectl("apply", "-f", "-", input=json.dumps(storefront(real)))
+        if real:
+            kubectl("apply", "-n", NS, "-f", "-", input=json.dumps(
+                client.ApiClient().sanitize_for_serialization(client_pod("shopper"))))
+            kubectl("wait", "-n", NS, "--for=condition=Ready", "pod/shopper", "--timeout=90s")
         kubectl("rollout", "status", "deployment/storefront", "-n", NS, "--timeout=90s")
-        pods = json.loads(kubectl("get", "pods", "-n", NS, "-o", "json"))["items"]
-        victim = sorted(p["metadata"]["name"] for p in pods)[0]
+        pods = json.loads(kubectl("get", "pods", "-n", NS, "-l", "app=storefront",
+                                  "-o", "json"))["items"]
+        victim = sorted(pods, key=lambda p: p["metadata"]["name"])[0]
         print(kubectl("get", "pods", "-n", NS, "-o", "wide"))
+        shop = Shopper(cluster, victim["metadata"]["name"], victim["status"].get("podIP"), real)
+        shop.visit("before any alert")
 
         with tempfile.TemporaryDirectory(prefix="firebreak-demo-") as tmp:
             log_path = Path(tmp) / "operator.log"
@@ -71,12 +90,57 @@ def main() -> int:
                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
             try:
                 wait_ready(webhook, operator, log_path)
-                return run_incident(cluster, victim, operator, log_path, webhook,
+                return run_incident(cluster, shop, operator, log_path, webhook,
                                     token_file.read_text())
             finally:
                 operator.terminate()
                 operator.wait(timeout=20)
                 say("Stopping the operator and the control plane")
+
+
+def storefront(real: bool) -> dict[str, object]:
+    """Three replicas of a web server: busybox httpd on the real node, or (without
+    one) a plain nginx Deployment that kwok pretends to run."""
+    pod: dict[str, object] = {"containers": [{"name": "web", "image": "nginx:1.27"}]}
+    if real:
+        pod = {
+            "nodeSelector": {REAL_NODE_LABEL: "true"},
+            "tolerations": [{"key": REAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "web", "image": TOOLS_IMAGE, "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c",
+                            "mkdir -p /www && echo \"storefront $HOSTNAME\" > /www/index.html && "
+                            f"exec httpd -f -v -p {HTTP_PORT} -h /www"],
+            }],
+        }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "storefront", "namespace": NS, "labels": {"app": "storefront"}},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "storefront"}},
+                 "template": {"metadata": {"labels": {"app": "storefront"}}, "spec": pod}},
+    }
+
+
+class Shopper:
+    """The shopper pod's request to the storefront pod the alert is about."""
+
+    def __init__(self, cluster: LocalCluster, pod: str, ip: str | None, real: bool) -> None:
+        self.cluster, self.pod, self.ip, self.real = cluster, pod, ip, real
+
+    def visit(self, when: str) -> bool | None:
+        if not self.real or not self.ip:
+            print(f"[no packets: fake node] {when}: shopper -> {self.pod} cannot be tried")
+            return None
+        began = time.monotonic()
+        page = fetch(self.cluster.kubectl, NS, "shopper", self.ip)
+        took = time.monotonic() - began
+        target = f"shopper -> {self.pod} ({self.ip}:{HTTP_PORT})"
+        if page is None:
+            print(f"[real packets] {when}: {target}: BLOCKED (refused or timed out, {took:.1f}s)")
+        else:
+            print(f"[real packets] {when}: {target}: answered {page.strip()!r} ({took:.1f}s)")
+        return page is not None
 
 
 def watch_phases(cluster: LocalCluster, until: str, operator: subprocess.Popen[bytes],
@@ -116,9 +180,10 @@ def wait_ready(webhook: str, operator: subprocess.Popen[bytes], log_path: Path) 
     raise SystemExit("the operator's webhook did not become ready")
 
 
-def run_incident(cluster: LocalCluster, victim: str, operator: subprocess.Popen[bytes],
+def run_incident(cluster: LocalCluster, shop: Shopper, operator: subprocess.Popen[bytes],
                  log_path: Path, webhook: str, token: str) -> int:
     kubectl = cluster.kubectl
+    victim = shop.pod
     say(f"An alert: a crypto-miner in pod {victim}. Alertmanager posts it to the webhook")
     alert = {
         "version": "4", "status": "firing", "receiver": "firebreak", "groupLabels": {},
@@ -150,6 +215,7 @@ def run_incident(cluster: LocalCluster, victim: str, operator: subprocess.Popen[
     seconds = kubectl("get", "securityincident", incident, "-n", NS, "-o",
                       "jsonpath={.status.timeToContainSeconds}")
     print(f"time to contain: {seconds}s (from the alert's arrival)")
+    blocked = shop.visit("after containment") is False
 
     say("A person resolves it: kubectl patch ... spec.resolution")
     kubectl("patch", "securityincident", incident, "-n", NS, "--type=merge", "-p",
@@ -166,7 +232,18 @@ def run_incident(cluster: LocalCluster, victim: str, operator: subprocess.Popen[
     print(kubectl("get", "secrets", "-n", NS, "-l", "firebreak.dev/evidence=true"))
     print(kubectl("get", "events", "-n", NS, "--field-selector",
                   f"involvedObject.name={incident}", "--sort-by=.lastTimestamp"))
-    return 0 if not policies.strip() else 1
+    reopened = shop.visit("after resolution") if released(cluster, victim) else None
+    if reopened is None and shop.real:
+        print(f"(the ReplicaSet removed {victim} as one too many once it was released)")
+    ok = not policies.strip() and (not shop.real or (blocked and reopened is not False))
+    return 0 if ok else 1
+
+
+def released(cluster: LocalCluster, pod: str) -> bool:
+    """Whether the released pod still runs (its ReplicaSet may remove it as surplus)."""
+    out = cluster.kubectl("get", "pod", pod, "-n", NS, "--ignore-not-found", "-o",
+                          "jsonpath={.metadata.deletionTimestamp}|{.status.phase}")
+    return out == "|Running"
 
 
 if __name__ == "__main__":

@@ -90,3 +90,71 @@ def create_incident(custom: client.CustomObjectsApi, namespace: str, name: str,
         "metadata": {"name": name},
         "spec": {"source": "manual", "severity": "critical", "title": "test incident",
                  "target": target, **spec}})
+
+
+# --- pods on the real node --------------------------------------------------------
+
+REAL_NODE_LABEL = "firebreak.dev/real-node"
+TOOLS_IMAGE = "localhost/firebreak/busybox:local"
+HTTP_PORT = 8080
+
+
+def real_pod(name: str, command: str, labels: dict[str, str] | None = None) -> client.V1Pod:
+    """A busybox pod for the real node: its local image is never pulled, and it
+    tolerates the taint that keeps every other pod off that node."""
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels={"app": name, **(labels or {})}),
+        spec=client.V1PodSpec(
+            node_selector={REAL_NODE_LABEL: "true"},
+            tolerations=[client.V1Toleration(key=REAL_NODE_LABEL, operator="Exists",
+                                             effect="NoSchedule")],
+            termination_grace_period_seconds=0,
+            containers=[client.V1Container(
+                name="main", image=TOOLS_IMAGE, image_pull_policy="Never",
+                command=["/bin/sh", "-c", command])],
+        ),
+    )
+
+
+def web_pod(name: str, labels: dict[str, str] | None = None, port: int = HTTP_PORT
+            ) -> client.V1Pod:
+    """busybox httpd on ``port`` serving a page that names the pod; it logs a line at
+    start so that its container log is never empty."""
+    return real_pod(name, (
+        f"echo 'web {name} starting'; mkdir -p /www; echo 'hello from {name}' > /www/index.html; "
+        f"exec httpd -f -v -p {port} -h /www"), labels)
+
+
+def client_pod(name: str, labels: dict[str, str] | None = None) -> client.V1Pod:
+    return real_pod(name, "exec sleep 100000", labels)
+
+
+def start_pods(core: client.CoreV1Api, namespace: str, *pods: client.V1Pod) -> dict[str, str]:
+    """Create the pods, wait until every one runs; return their IPs by name."""
+    for pod in pods:
+        core.create_namespaced_pod(namespace, pod)
+
+    def ips() -> dict[str, str] | None:
+        found = {}
+        for pod in pods:
+            live = core.read_namespaced_pod(pod.metadata.name, namespace)
+            ready = any(c.type == "Ready" and c.status == "True"
+                        for c in live.status.conditions or [])
+            if not (ready and live.status.pod_ip):
+                return None
+            found[pod.metadata.name] = live.status.pod_ip
+        return found
+
+    return wait_for(ips, timeout=60, what=f"pods {[p.metadata.name for p in pods]} to run")
+
+
+def fetch(kubectl: Callable[..., str], namespace: str, pod: str, ip: str,
+          port: int = HTTP_PORT, timeout: int = 2) -> str | None:
+    """From inside ``pod``, GET http://ip:port/ with real packets; the page, or None
+    when the request was refused or timed out (both mean blocked). busybox's own
+    ``wget -T`` is unreliable, so ``timeout`` bounds it."""
+    try:
+        return kubectl("exec", "-n", namespace, pod, "--", "timeout", str(timeout),
+                       "wget", "-q", "-O", "-", f"http://{ip}:{port}/")
+    except Exception:  # kubectl exits non-zero when wget fails: blocked
+        return None

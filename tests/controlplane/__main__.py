@@ -17,7 +17,9 @@ def main() -> int:
     sub.add_parser("build", help="build (or find cached) control-plane binaries")
     up = sub.add_parser("up", help="start a cluster that keeps running after this command")
     up.add_argument("--dir", type=Path, default=Path(".cluster"))
-    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--nodes", type=int, default=3, help="kwok's fake nodes")
+    up.add_argument("--no-real-node", action="store_true",
+                    help="start no real node (it runs by default where the host allows it)")
     down = sub.add_parser("down", help="stop the cluster started by `up`")
     down.add_argument("--dir", type=Path, default=Path(".cluster"))
     args = parser.parse_args()
@@ -32,9 +34,17 @@ def main() -> int:
             return 1
         binaries = ensure_binaries()
         began = time.monotonic()
-        cluster = LocalCluster(workdir, binaries, nodes=args.nodes, detach=True)
+        cluster = LocalCluster(workdir, binaries, nodes=args.nodes, detach=True,
+                               want_real_node=not args.no_real_node)
         cluster.start()
         print(f"Cluster ready in {time.monotonic() - began:.1f}s at {cluster.server}")
+        if cluster.real_node is not None:
+            node = cluster.real_node
+            print(f"  real node {node.name} ({node.ip}, pods on {node.subnet}) Ready in "
+                  f"{node.timings['node_ready_seconds']:.1f}s; pods need the toleration "
+                  f"and nodeSelector firebreak.dev/real-node=true")
+        else:
+            print(f"  no real node: {cluster.real_node_failure or cluster.real_node_unavailable}")
         print(f"  export KUBECONFIG={cluster.kubeconfig}")
         print(f"  kubectl: {binaries['kubectl']}")
         return 0

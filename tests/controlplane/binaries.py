@@ -1,8 +1,10 @@
-"""Build the local control plane's binaries from upstream Go source, once per version.
+"""Build the local cluster's binaries from upstream Go source, once per version.
 
-kind needs a container engine; this project's tests need only a real API server,
-so we build kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd
-and kwok from the Go modules pinned in ``kubernetes/go.mod`` and ``kwok/go.mod``.
+kind needs a container engine; this project's tests need a real API server and one
+real node, so we build kube-apiserver, kube-controller-manager, kube-scheduler,
+kubectl, etcd, kubelet and kwok from the Go modules pinned in ``kubernetes/go.mod``
+and ``kwok/go.mod``, and kube-router (the real node's NetworkPolicy enforcer) from
+``kuberouter/go.mod``.
 
 The result is cached under ``~/.cache/firebreak/controlplane/<key>``, where the key
 hashes the two module files and the Go version: a second run finds the binaries and
@@ -24,6 +26,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 KUBERNETES_MODULE = HERE / "kubernetes"
 KWOK_MODULE = HERE / "kwok"
+KUBE_ROUTER_MODULE = HERE / "kuberouter"
+MODULES = (KUBERNETES_MODULE, KWOK_MODULE, KUBE_ROUTER_MODULE)
 
 # kwok's stage definitions (what a fake node or pod does over time) ship in its
 # module; they are read from there at build time rather than copied into this repo.
@@ -40,8 +44,10 @@ KUBERNETES_PROGRAMS = {
     "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
     "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
     "etcd": "go.etcd.io/etcd/server/v3",
 }
+KUBE_ROUTER_PROGRAMS = {"kube-router": "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"}
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ def _go() -> str:
 
 def _cache_key(go: str) -> str:
     digest = hashlib.sha256()
-    for module in (KUBERNETES_MODULE, KWOK_MODULE):
+    for module in MODULES:
         for name in ("go.mod", "go.sum"):
             digest.update((module / name).read_bytes())
     digest.update(subprocess.run([go, "version"], check=True, capture_output=True).stdout)
@@ -119,12 +125,20 @@ def _version_ldflags(version: str) -> str:
     return " ".join(["-s", "-w", *flags])
 
 
+def module_dir(module: str, within: Path = KUBERNETES_MODULE) -> Path:
+    """Where Go keeps the source of ``module`` as pinned by ``within``'s go.mod."""
+    return Path(subprocess.run(
+        [_go(), "list", "-m", "-f", "{{.Dir}}", module],
+        cwd=within, check=True, capture_output=True, text=True,
+    ).stdout.strip())
+
+
 def ensure_binaries() -> Binaries:
     """Return the binaries for the pinned versions, building them on first use."""
     go = _go()
     target = cache_root() / _cache_key(go)
     binaries = Binaries(target)
-    wanted = [*KUBERNETES_PROGRAMS, "kwok"]
+    wanted = [*KUBERNETES_PROGRAMS, *KUBE_ROUTER_PROGRAMS, "kwok"]
     if all(binaries[p].is_file() for p in wanted) and binaries.kwok_stages.is_file():
         return binaries
 
@@ -135,11 +149,9 @@ def ensure_binaries() -> Binaries:
     _build(go, KUBERNETES_MODULE, partial, KUBERNETES_PROGRAMS,
            _version_ldflags(binaries.kubernetes_version))
     _build(go, KWOK_MODULE, partial, {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}, "-s -w")
+    _build(go, KUBE_ROUTER_MODULE, partial, KUBE_ROUTER_PROGRAMS, "-s -w")
 
-    kwok_dir = subprocess.run(
-        [go, "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"],
-        cwd=KWOK_MODULE, check=True, capture_output=True, text=True,
-    ).stdout.strip()
+    kwok_dir = module_dir("sigs.k8s.io/kwok", KWOK_MODULE)
     stages = [Path(kwok_dir, stage).read_text() for stage in KWOK_STAGES]
     (partial / "kwok-stages.yaml").write_text("\n---\n".join(stages))
 

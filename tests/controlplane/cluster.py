@@ -2,8 +2,10 @@
 
 It runs etcd, kube-apiserver (RBAC, TLS, client certificates, service-account
 tokens), kube-controller-manager, kube-scheduler and kwok, which plays the kubelet
-for a few fake nodes so that Deployments get Running pods. Nothing here imitates
-the API: every request in the tests is served by the upstream kube-apiserver.
+for a few fake nodes so that Deployments get Running pods at any scale; and, where
+the host allows it, one real node (``realnode.py``) whose pods run and send packets.
+Nothing here imitates the API: every request in the tests is served by the upstream
+kube-apiserver.
 
 Two ways to hold it:
 - ``with LocalCluster.started(...) as cluster:`` (pytest): every process is tied
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import datetime as dt
 import ipaddress
 import json
 import os
@@ -26,6 +27,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -35,12 +37,10 @@ from pathlib import Path
 from typing import IO
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .binaries import Binaries, ensure_binaries
+from .pki import Authority, write_control_plane_pki
+from .realnode import RealNode, clean_host, drain, sweep, unavailable_reason
 
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
@@ -92,107 +92,6 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-# --- certificates --------------------------------------------------------------
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _pem_cert(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _certificate(
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    usage: ExtendedKeyUsageOID | None = None,
-    sans: list[x509.GeneralName] | None = None,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    issuer_name, signing_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(signing_key, hashes.SHA256())
-
-
-def _write_pki(pki: Path) -> None:
-    pki.mkdir(parents=True)
-    ca_key = _key()
-    ca = _certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "firebreak-local-ca")]),
-                      ca_key, None, ca=True)
-    serving_key = _key()
-    serving = _certificate(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
-        serving_key, (ca, ca_key), usage=ExtendedKeyUsageOID.SERVER_AUTH,
-        sans=[
-            x509.DNSName("localhost"),
-            x509.DNSName("kubernetes"),
-            x509.DNSName("kubernetes.default"),
-            x509.DNSName("kubernetes.default.svc"),
-            x509.DNSName("kubernetes.default.svc.cluster.local"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(next(ipaddress.ip_network(SERVICE_CIDR).hosts())),
-        ],
-    )
-    admin_key = _key()
-    admin = _certificate(
-        x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "admin"),
-        ]),
-        admin_key, (ca, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH,
-    )
-    sa_key = _key()
-    files = {
-        "ca.crt": _pem_cert(ca),
-        "ca.key": _pem_key(ca_key),
-        "apiserver.crt": _pem_cert(serving),
-        "apiserver.key": _pem_key(serving_key),
-        "admin.crt": _pem_cert(admin),
-        "admin.key": _pem_key(admin_key),
-        "sa.key": _pem_key(sa_key),
-        "sa.pub": sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-    }
-    for name, data in files.items():
-        (pki / name).write_bytes(data)
-        (pki / name).chmod(0o600)
-
-
 # --- the cluster ---------------------------------------------------------------
 
 
@@ -204,7 +103,12 @@ class LocalCluster:
     binaries: Binaries
     nodes: int = 3
     detach: bool = False
+    want_real_node: bool = True
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    real_node: RealNode | None = None
+    # Why no real node runs: the host cannot run one (skip), or it failed to start (error).
+    real_node_unavailable: str | None = None
+    real_node_failure: str | None = None
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     @property
@@ -221,7 +125,8 @@ class LocalCluster:
 
     @classmethod
     @contextlib.contextmanager
-    def started(cls, nodes: int = 3, workdir: Path | None = None) -> Iterator[LocalCluster]:
+    def started(cls, nodes: int = 3, workdir: Path | None = None, real_node: bool = True
+                ) -> Iterator[LocalCluster]:
         """Start a cluster tied to this process; stop it and remove its files on exit."""
         owned = workdir is None
         if owned:
@@ -229,7 +134,7 @@ class LocalCluster:
         root = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX)) if owned else workdir
         assert root is not None
         (root / OWNER_FILE).write_text(str(os.getpid()))
-        cluster = cls(root, ensure_binaries(), nodes=nodes)
+        cluster = cls(root, ensure_binaries(), nodes=nodes, want_real_node=real_node)
         try:
             cluster.start()
             yield cluster
@@ -241,7 +146,7 @@ class LocalCluster:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        _write_pki(self.pki)
+        write_control_plane_pki(self.pki, str(next(ipaddress.ip_network(SERVICE_CIDR).hosts())))
         etcd_client, etcd_peer, apiserver, kwok_port = _free_ports(4)
         self.server = f"https://127.0.0.1:{apiserver}"
         self._write_kubeconfig()
@@ -252,15 +157,48 @@ class LocalCluster:
             self._start_controllers()
             self._start_kwok(kwok_port)
             self._create_nodes()
+            if self.want_real_node:
+                self._start_real_node()
             self._write_state()
         except BaseException:
             self.stop(remove=False)
             raise
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _start_real_node(self) -> None:
+        sweep()  # a node left behind by a killed run
+        self.real_node_unavailable = unavailable_reason()
+        if self.real_node_unavailable:
+            print(f"No real node: {self.real_node_unavailable}", file=sys.stderr)
+            return
+        node = RealNode(self.workdir / "realnode", self.binaries, Authority(self.pki),
+                        self.server, self._spawn, self.kubectl)
+        self.real_node = node
+        # Attached, the node lives as long as this process; detached, as long as the
+        # API server it belongs to.
+        owner = self.processes["kube-apiserver"].pid if self.detach else os.getpid()
+        try:
+            node.start(owner)
+        except Exception as exc:  # the cluster still serves every kwok test
+            self.real_node_failure = f"the real node failed to start: {exc}"
+            print(self.real_node_failure, file=sys.stderr)
+            self._stop_real_node()
+
+    def _stop_real_node(self) -> None:
+        node = self.real_node
+        if node is None:
+            return
+        node.drain()
+        for name in ("kube-router", "kubelet", "containerd"):
+            proc = self.processes.pop(name, None)
+            if proc is not None:
+                _terminate(proc.pid, proc)
+        clean_host(node.state)
+        self.real_node = None
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
         self._logs.append(log)
-        self.processes[name] = subprocess.Popen(
+        proc = self.processes[name] = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -271,6 +209,7 @@ class LocalCluster:
             start_new_session=True,
             preexec_fn=None if self.detach else _die_with_parent,
         )
+        return proc
 
     def _start_etcd(self, client: int, peer: int) -> None:
         client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
@@ -303,7 +242,15 @@ class LocalCluster:
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=RBAC",
+            # Node: a kubelet (system:node:<name>) may touch only its own node and pods.
+            "--authorization-mode=Node,RBAC",
+            # The API server reaches a kubelet by IP, never by a name that a resolver
+            # would have to look up, and proves who it is with a client certificate;
+            # the kubelet's serving certificate is checked against the cluster's CA.
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
             "--allow-privileged=true",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
@@ -454,6 +401,8 @@ class LocalCluster:
         state = {
             "server": self.server,
             "kubeconfig": str(self.kubeconfig),
+            "kubectl": str(self.binaries["kubectl"]),
+            "real_node": str(self.real_node.state) if self.real_node else None,
             "pids": {name: p.pid for name, p in self.processes.items()},
         }
         (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
@@ -462,6 +411,8 @@ class LocalCluster:
 
     def stop(self, remove: bool = True) -> None:
         """Stop every process (newest first), then remove the work folder."""
+        with contextlib.suppress(Exception):  # the API server may be gone already
+            self._stop_real_node()
         for name in reversed(list(self.processes)):
             _terminate(self.processes[name].pid, self.processes[name])
         self.processes.clear()
@@ -539,8 +490,17 @@ def stop_detached(workdir: Path) -> bool:
     state_file = workdir / "state.json"
     if not state_file.exists():
         return False
-    pids = json.loads(state_file.read_text())["pids"]
-    for pid in reversed(list(pids.values())):
+    state = json.loads(state_file.read_text())
+    real_node = state.get("real_node")
+    if real_node:
+        def kubectl(*args: str, check: bool = True) -> str:
+            return subprocess.run([state["kubectl"], f"--kubeconfig={state['kubeconfig']}", *args],
+                                  capture_output=True, text=True, timeout=120, check=check).stdout
+
+        drain(kubectl)
+    for pid in reversed(list(state["pids"].values())):
         _terminate(pid)
+    if real_node:
+        clean_host(Path(real_node))
     shutil.rmtree(workdir, ignore_errors=True)
     return True
