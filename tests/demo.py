@@ -63,8 +63,10 @@ def main() -> int:
         kubectl("create", "namespace", NS)
         kubectl("apply", "-f", "-", input=json.dumps(storefront(real)))
         if real:
+            shopper = client_pod("shopper")
+            shopper.api_version, shopper.kind = "v1", "Pod"
             kubectl("apply", "-n", NS, "-f", "-", input=json.dumps(
-                client.ApiClient().sanitize_for_serialization(client_pod("shopper"))))
+                client.ApiClient().sanitize_for_serialization(shopper)))
             kubectl("wait", "-n", NS, "--for=condition=Ready", "pod/shopper", "--timeout=90s")
         kubectl("rollout", "status", "deployment/storefront", "-n", NS, "--timeout=90s")
         pods = json.loads(kubectl("get", "pods", "-n", NS, "-l", "app=storefront",
