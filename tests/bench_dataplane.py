@@ -55,7 +55,8 @@ def uptime() -> float:
 def web() -> client.V1Pod:
     return real_pod("web", (
         "mkdir -p /www && echo ok > /www/index.html && httpd -p 8080 -h /www && "
-        f"exec nc -l -p {STREAM_PORT}"))
+        # nc ends the connection when its standard input ends: give it one that never does.
+        f"sleep 1000000 | nc -l -p {STREAM_PORT}"))
 
 
 def prober(ip: str) -> client.V1Pod:
@@ -67,7 +68,7 @@ def prober(ip: str) -> client.V1Pod:
 
 def streamer(ip: str) -> client.V1Pod:
     return real_pod("streamer", (
-        "while true; do echo \"line $(cut -d' ' -f1 /proc/uptime)\"; usleep 100000; done "
+        "sleep 1; while true; do echo \"line $(cut -d' ' -f1 /proc/uptime)\"; usleep 100000; done "
         f"| nc {ip} {STREAM_PORT}"))
 
 
