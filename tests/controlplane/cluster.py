@@ -130,6 +130,8 @@ class LocalCluster:
         """Start a cluster tied to this process; stop it and remove its files on exit."""
         owned = workdir is None
         if owned:
+            # A killed run's real node first: its journal lives in the folder below.
+            sweep()
             _remove_abandoned_workdirs()
         root = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX)) if owned else workdir
         assert root is not None
