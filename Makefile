@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 
-.PHONY: all install test unit lint cluster cluster-down demo bench controlplane clean
+.PHONY: all install test unit lint mutation cluster cluster-down demo bench controlplane clean
 
 all: test
 
@@ -49,6 +49,11 @@ nodepackages:
 ## Only the tests that need no cluster: pure logic, and the engine over an in-memory API.
 unit: install
 	$(PY) -m pytest tests/unit tests/engine
+
+## Mutation testing of the pure modules against tests/unit; fails under 95% on any module.
+## Report (scores, surviving mutants) in mutation-report/.
+mutation: install
+	$(PY) -m tests.mutation --fail-under 95
 
 lint: install
 	$(VENV)/bin/ruff check operator tests
