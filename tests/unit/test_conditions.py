@@ -66,3 +66,77 @@ AUTO = (c.APPROVED, TRUE, c.APPROVAL_NOT_REQUIRED)
 def test_phase_is_derived(items: tuple[tuple[str, ConditionStatus, str], ...], resolution: bool,
                           phase: Phase) -> None:
     assert c.derive_phase(conds(*items), resolution) is phase
+
+
+@pytest.mark.parametrize(("items", "type_", "expected"), [
+    ((), c.CONTAINED, False),
+    (((c.CONTAINED, TRUE, c.STEPS_APPLIED),), c.CONTAINED, True),
+    (((c.CONTAINED, FALSE, c.STEP_FAILED),), c.CONTAINED, False),
+    (((c.CONTAINED, UNKNOWN, c.NOT_STARTED),), c.CONTAINED, False),
+    ((TRIAGED, AUTO), c.CONTAINED, False),  # other conditions true, this one absent
+    ((TRIAGED, (c.CONTAINED, FALSE, c.STEPS_RUNNING)), c.TRIAGED, True),
+])
+def test_is_true(items: tuple[tuple[str, ConditionStatus, str], ...], type_: str, expected: bool) -> None:
+    assert c.is_true(conds(*items), type_) is expected
+
+
+def test_is_true_without_conditions() -> None:
+    assert c.is_true(None, c.TRIAGED) is False
+
+
+@pytest.mark.parametrize(("items", "resolution", "phase"), [
+    # Triaged with approval settled, but no step written yet.
+    ((TRIAGED,), False, Phase.triaging),
+    ((TRIAGED, AUTO), False, Phase.triaging),
+    # Re-triage in progress wins over an older containment.
+    (((c.TRIAGED, UNKNOWN, "Triaging"), (c.CONTAINED, TRUE, c.STEPS_APPLIED)), False, Phase.triaging),
+    # The Resolved condition, once written, decides whatever the spec says now.
+    ((TRIAGED, AUTO, (c.CONTAINED, TRUE, c.STEPS_APPLIED), (c.RESOLVED, FALSE, c.REVERTING)),
+     False, Phase.recovering),
+    ((TRIAGED, AUTO, (c.CONTAINED, TRUE, c.STEPS_APPLIED), (c.RESOLVED, TRUE, c.REVERTED)),
+     False, Phase.resolved),
+])
+def test_phase_precedence(items: tuple[tuple[str, ConditionStatus, str], ...], resolution: bool,
+                          phase: Phase) -> None:
+    assert c.derive_phase(conds(*items), resolution) is phase
+
+
+# Condition types and reasons are API: written to status and Events, and read back
+# from incidents stored by an earlier release, so renaming one is a breaking change.
+@pytest.mark.parametrize(("constant", "word"), [
+    (c.TRIAGED, "Triaged"), (c.APPROVED, "Approved"), (c.CONTAINED, "Contained"),
+    (c.RESOLVED, "Resolved"),
+    (c.PLAYBOOK_SELECTED, "PlaybookSelected"), (c.NO_MATCHING_PLAYBOOK, "NoMatchingPlaybook"),
+    (c.INVALID_PLAYBOOK, "InvalidPlaybook"), (c.PLAN_REFUSED, "PlanRefused"),
+    (c.APPROVAL_NOT_REQUIRED, "ApprovalNotRequired"), (c.AWAITING_APPROVAL, "AwaitingApproval"),
+    (c.APPROVED_BY_PERSON, "ApprovedByPerson"), (c.REJECTED_BY_PERSON, "RejectedByPerson"),
+    (c.APPROVAL_TIMED_OUT, "ApprovalTimedOut"), (c.APPROVED_ON_TIMEOUT, "ApprovedOnTimeout"),
+    (c.NOT_STARTED, "NotStarted"), (c.STEPS_RUNNING, "StepsRunning"),
+    (c.STEPS_APPLIED, "StepsApplied"), (c.STEP_FAILED, "StepFailed"), (c.DRY_RUN, "DryRun"),
+    (c.NOT_CONTAINED, "NothingApplied"), (c.REVERTING, "Reverting"), (c.REVERTED, "Reverted"),
+    (c.REVERT_FAILED, "RevertFailed"),
+])
+def test_condition_words_are_stable(constant: str, word: str) -> None:
+    assert constant == word
+
+
+@pytest.mark.parametrize(("stored", "phase"), [
+    ([("Triaged", "False", "NoMatchingPlaybook")], Phase.suppressed),
+    ([("Triaged", "True", "PlaybookSelected"), ("Approved", "False", "RejectedByPerson")],
+     Phase.suppressed),
+    ([("Triaged", "True", "PlaybookSelected"), ("Approved", "False", "ApprovalTimedOut")],
+     Phase.suppressed),
+    ([("Triaged", "True", "PlaybookSelected"), ("Approved", "True", "ApprovalNotRequired"),
+      ("Contained", "False", "NotStarted")], Phase.containing),
+    ([("Triaged", "True", "PlaybookSelected"), ("Approved", "True", "ApprovalNotRequired"),
+      ("Contained", "False", "StepsRunning")], Phase.containing),
+    ([("Triaged", "True", "PlaybookSelected"), ("Approved", "True", "ApprovalNotRequired"),
+      ("Contained", "False", "DryRun")], Phase.suppressed),
+    ([("Resolved", "False", "RevertFailed")], Phase.failed),
+])
+def test_phase_of_a_status_as_stored(stored: list[tuple[str, str, str]], phase: Phase) -> None:
+    # Conditions as they come back from the API server, in their wire form.
+    found = [Condition.model_validate({"type": t, "status": s, "reason": r, "message": "",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z"})
+             for t, s, r in stored]
+    assert c.derive_phase(found, False) is phase

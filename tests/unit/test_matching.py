@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -86,3 +87,9 @@ def test_node_incident_is_scoped_to_its_own_namespace() -> None:
 
 def test_no_playbook_matches() -> None:
     assert select_playbook(incident(), "shop", [], OPERATOR_NS) is None
+
+
+def test_a_candidate_cannot_change() -> None:
+    candidate = playbook("p")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        candidate.name = "q"  # type: ignore[misc]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from firebreak.actions import registry
 from firebreak.api import ActionName, ResponsePlaybookSpec, SecurityIncidentSpec
-from firebreak.planning import PlanError, plan
+from firebreak.planning import PlanError, PlannedStep, plan
 
 ACTIONS = registry()
 
@@ -65,3 +67,52 @@ def test_node_target_allows_node_actions() -> None:
     planned = plan(spec(NODE), steps({"name": "c", "action": "cordonNode"},
                                      {"name": "s", "action": "snapshot"}), check)
     assert [s.action for s in planned] == [ActionName.cordon_node, ActionName.snapshot]
+
+
+class _Params(BaseModel):
+    """Stands in for an action's parameters, to see how planning reports their errors."""
+
+    model_config = ConfigDict(extra="forbid")
+    replicas: int = 0
+    labels: dict[str, int] = {}
+
+    @model_validator(mode="after")
+    def _not_both(self) -> _Params:
+        if self.replicas and self.labels:
+            raise ValueError("replicas and labels exclude each other")
+        return self
+
+
+def check_with_model(action: ActionName, params: Any) -> None:
+    _Params.model_validate(dict(params))
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"replicas": "many"}, "step 's' (scaleDown): replicas: Input should be a valid integer, "
+                           "unable to parse string as an integer"),
+    ({"labels": {"team": "x"}}, "step 's' (scaleDown): labels.team: Input should be a valid integer, "
+                                "unable to parse string as an integer"),
+    ({"replicas": "x", "bogus": 1}, "step 's' (scaleDown): replicas: Input should be a valid integer, "
+                                    "unable to parse string as an integer; "
+                                    "bogus: Extra inputs are not permitted"),
+    # An error about the parameters as a whole has no field to name.
+    ({"replicas": 1, "labels": {"a": 1}},
+     "step 's' (scaleDown): params: Value error, replicas and labels exclude each other"),
+])
+def test_parameter_errors_are_one_sentence(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(PlanError) as raised:
+        plan(spec(POD), steps({"name": "s", "action": "scaleDown", "params": params}), check_with_model)
+    assert str(raised.value) == message
+
+
+def test_an_incident_without_target_is_refused_with_the_reason() -> None:
+    with pytest.raises(PlanError) as raised:
+        plan(spec(None), steps({"name": "a", "action": "snapshot"}), check)
+    assert str(raised.value) == "the incident names no target, and every step acts on one"
+
+
+def test_a_planned_step_cannot_change() -> None:
+    planned = plan(spec(POD), steps({"name": "a", "action": "snapshot"}), check)[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        planned.name = "b"  # type: ignore[misc]
+    assert planned == PlannedStep("a", ActionName.snapshot, {}, planned.on_failure)
