@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from pydantic import ValidationError
 
 from firebreak.api import Severity, Source, Target, TargetKind
 from firebreak.sources.signal import (
@@ -46,6 +47,20 @@ def test_fingerprint_is_stable_and_short() -> None:
 ])
 def test_fingerprint_tells_parts_apart(left: tuple[str, ...], right: tuple[str, ...]) -> None:
     assert fingerprint_of(*left) != fingerprint_of(*right)
+
+
+@pytest.mark.parametrize(("fingerprint", "valid"), [("", False), ("x", True)])
+def test_a_signal_needs_a_fingerprint(fingerprint: str, valid: bool) -> None:
+    if valid:
+        assert signal(fingerprint=fingerprint).fingerprint == fingerprint
+    else:
+        with pytest.raises(ValidationError):
+            signal(fingerprint=fingerprint)
+
+
+def test_a_signal_is_a_value() -> None:
+    with pytest.raises(ValidationError):
+        signal().title = "changed"  # type: ignore[misc]
 
 
 def test_none_fingerprints_like_an_empty_part() -> None:
@@ -93,6 +108,23 @@ def test_incident_name_depends_on_source_and_fingerprint_only() -> None:
     assert incident_name(signal(source=Source.prometheus)) != base
 
 
+def test_a_long_alert_name_fills_the_name_to_63_characters() -> None:
+    name = incident_name(signal(source=Source.alertmanager, alert_name="x" * 300))
+    assert len(name) == 63
+    assert re.fullmatch(r"alertmanager-x{33}-[0-9a-f]{16}", name)
+
+
+# Incident names are derived from fingerprints and are how a later delivery finds
+# its incident: if either changed between releases, every open incident would be
+# opened a second time after an upgrade. These values are therefore pinned.
+def test_fingerprints_and_names_are_stable_across_releases() -> None:
+    assert fingerprint_of("Terminal shell in container", "default", "kubecon", None) == "556477fbe68dbcd4"
+    assert labels_fingerprint({"namespace": "pp1", "alertname": "KubePodCrashLooping"}) == \
+        "329c369b84c33650"
+    assert incident_name(signal(source=Source.falco, alert_name="Terminal shell in container")) == \
+        "falco-terminal-shell-in-container-32ab6bc4d2b59b31"
+
+
 def test_incident_name_falls_back_to_the_title() -> None:
     assert incident_name(signal(alert_name=None, title="Shell in pod")).startswith(
         "alertmanager-shell-in-pod-")
@@ -105,7 +137,9 @@ def test_incident_name_falls_back_to_the_title() -> None:
     # Prometheus / Alertmanager conventions
     ("critical", Severity.critical), ("page", Severity.critical),
     ("warning", Severity.medium), ("high", Severity.high), ("info", Severity.info),
-    ("none", Severity.info), ("low", Severity.low),
+    ("none", Severity.info), ("low", Severity.low), ("minor", Severity.low),
+    ("warn", Severity.medium), ("medium", Severity.medium), ("moderate", Severity.medium),
+    ("major", Severity.high),
     # Falco priorities, as Falco spells them
     ("Emergency", Severity.critical), ("Alert", Severity.critical),
     ("Critical", Severity.critical), ("Error", Severity.high), ("Warning", Severity.medium),
@@ -116,7 +150,10 @@ def test_incident_name_falls_back_to_the_title() -> None:
     ("  CRITICAL ", Severity.critical),
 ])
 def test_severity_words(word: str, expected: Severity) -> None:
-    assert severity_from(word) is expected
+    # Against a default that differs from the answer, so a word that is not known
+    # cannot pass by falling back to it.
+    other = Severity.info if expected is not Severity.info else Severity.critical
+    assert severity_from(word, default=other) is expected
 
 
 @pytest.mark.parametrize("word", [None, "", "bogus", "sev1"])
@@ -178,10 +215,21 @@ KSM = {"job": "kube-state-metrics", "instance": "10.233.71.230:8080"}
     pytest.param({"instance": "fd00::1"}, None, id="instance-ipv6"),
     pytest.param({"instance": "localhost:9090"}, None, id="instance-localhost"),
     pytest.param({"instance": "prometheus.monitoring.svc:9090"}, None, id="instance-service"),
+    pytest.param({"instance": "prometheus.monitoring.svc.cluster.local:9090"}, None,
+                 id="instance-service-fqdn"),
+    pytest.param({"instance": "prometheus.monitoring.svc.cluster.local"}, None,
+                 id="instance-service-fqdn-no-port"),
     pytest.param({"instance": "https://example.com"}, None, id="instance-url"),
     # a namespaced series' instance is a Service address, not a node
     pytest.param({"namespace": "shop", "instance": "web:8080", "job": "web"}, None,
                  id="namespaced-instance"),
+    # Falco's node fields: a host event on a named node
+    pytest.param({"k8s_node_name": "worker-4"}, Target(kind=TargetKind.node, name="worker-4"),
+                 id="falcosidekick-node"),
+    pytest.param({"k8s.node.name": "worker-5"}, Target(kind=TargetKind.node, name="worker-5"),
+                 id="falco-node"),
+    pytest.param({"k8s.ns.name": "<NA>", "k8s.node.name": "worker-5"},
+                 Target(kind=TargetKind.node, name="worker-5"), id="falco-node-no-namespace"),
     # Falcosidekick label names and Falco field names
     pytest.param({"k8s_ns_name": "default", "k8s_pod_name": "kubecon"},
                  Target(kind=TargetKind.pod, namespace="default", name="kubecon"), id="falcosidekick"),

@@ -17,7 +17,11 @@ import yaml
 from pydantic import ValidationError
 
 from firebreak.api import Severity, Source, Target, TargetKind
-from firebreak.sources.alertmanager import AlertmanagerPayload, signals_from_alertmanager
+from firebreak.sources.alertmanager import (
+    AlertmanagerAlert,
+    AlertmanagerPayload,
+    signals_from_alertmanager,
+)
 from firebreak.sources.falco import FalcoEvent, label_key, signal_from_falco
 from firebreak.sources.prometheus import signals_from_alerts_query
 from firebreak.sources.signal import (
@@ -27,7 +31,11 @@ from firebreak.sources.signal import (
     incident_name,
     labels_fingerprint,
 )
-from firebreak.sources.trivy import TrivyThresholds, signal_from_vulnerability_report
+from firebreak.sources.trivy import (
+    TrivyThresholds,
+    VulnerabilityReport,
+    signal_from_vulnerability_report,
+)
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "fixtures" / "payloads"
 
@@ -180,6 +188,20 @@ def test_an_alert_without_name_or_summary_still_has_a_title() -> None:
     assert signal.alert_name is None
     assert signal.title == "Alertmanager alert"
     assert signal.target is None
+
+
+def test_alerts_are_built_by_field_name_or_parsed_from_the_wire() -> None:
+    # camelCase names are the wire's; Python code builds the same model by field name.
+    wire = load_json(ETCD_FIRING)["alerts"][0]
+    parsed = AlertmanagerAlert.model_validate(wire)
+    built = AlertmanagerAlert(
+        status=wire["status"], labels=wire["labels"], annotations=wire["annotations"],
+        starts_at=rfc3339(wire["startsAt"]), ends_at=rfc3339(wire["endsAt"]),
+        generator_url=wire["generatorURL"], fingerprint=wire["fingerprint"])
+    assert parsed.generator_url is not None and parsed.generator_url.startswith("http://kube-prometheus")
+    assert built == parsed
+    with pytest.raises(ValidationError):
+        parsed.status = "resolved"  # type: ignore[misc]
 
 
 def test_older_bodies_without_version_are_accepted() -> None:
@@ -424,12 +446,37 @@ def test_null_fields_are_not_labels() -> None:
     ("evt.rate", 0.5, "0.5"),
     ("ka.req.pod.containers.image", ["nginx:1.25", "busybox"], "nginx:1.25,busybox"),
     ("k8s.pod.label[app.kubernetes.io/name]", "web", "web"),
+    ("ka.req.pod.containers.image", ["nginx:1.25", "<NA>", None, "busybox"], "nginx:1.25,busybox"),
 ])
 def test_field_values_become_label_text(field: str, value: Any, label: str) -> None:
     event = {"output": "x", "priority": "Notice", "rule": "r", "output_fields": {field: value}}
     labels = falco_signal(event).labels
     assert labels[label_key(field)] == label
     assert all(c.isalnum() or c == "_" for c in label_key(field))
+
+
+@pytest.mark.parametrize("value", ["<NA>", None])
+def test_unresolved_fields_are_not_labels(value: Any) -> None:
+    event = {"output": "x", "priority": "Notice", "rule": "r",
+             "output_fields": {"container.image.repository": value, "proc.name": "sh"}}
+    labels = falco_signal(event).labels
+    assert "container_image_repository" not in labels
+    assert labels["proc_name"] == "sh"
+
+
+def test_a_key_in_the_right_case_wins_over_one_in_another() -> None:
+    event = FalcoEvent.model_validate({"output": "x", "priority": "Notice", "rule": "right",
+                                       "Rule": "folded", "Output": "ignored"})
+    assert (event.rule, event.output) == ("right", "x")
+
+
+def test_a_falco_event_is_a_value() -> None:
+    event = falco_signal(FALCO_DOCS)
+    parsed = FalcoEvent.model_validate(load_json(FALCO_DOCS))
+    assert FalcoEvent.model_validate(parsed) == parsed  # validating a parsed event again keeps it
+    with pytest.raises(ValidationError):
+        parsed.rule = "other"  # type: ignore[misc]
+    assert event.title == parsed.rule
 
 
 @pytest.mark.parametrize(("fields", "hostname"), [
@@ -520,6 +567,7 @@ def _falco(**change: Any) -> dict[str, Any]:
     pytest.param(_falco(time="13:44:05"), id="time-not-a-timestamp"),
     pytest.param(_falco(hostname=7), id="hostname-a-number"),
     pytest.param([load_json(FALCO_DOCS)], id="a-list"),
+    pytest.param([list(item) for item in load_json(FALCO_DOCS).items()], id="a-list-of-pairs"),
 ])
 def test_malformed_falco_events_are_refused(body: Any) -> None:
     with pytest.raises(ValidationError):
@@ -759,6 +807,205 @@ def test_default_thresholds() -> None:
     assert signal_from_vulnerability_report(report()) == trivy(report())
 
 
+def with_findings(*findings: dict[str, Any], body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The nginx report with exactly these findings (each fixable unless it says otherwise)."""
+    body = copy.deepcopy(body or report())
+    body["report"]["vulnerabilities"] = [
+        {"vulnerabilityID": f"CVE-2024-{i:04d}", "severity": "CRITICAL", "fixedVersion": "2.0",
+         "installedVersion": "1.0", "resource": "libfoo", **finding}
+        for i, finding in enumerate(findings, start=1)]
+    return body
+
+
+ONE_OF_EACH = with_findings(*({"severity": s} for s in ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")))
+
+
+@pytest.mark.parametrize(("min_severity", "count"), [
+    ("CRITICAL", 1), ("HIGH", 2), ("MEDIUM", 3), ("LOW", 4), ("UNKNOWN", 5),
+])
+def test_each_severity_counts_at_its_own_rank(min_severity: str, count: int) -> None:
+    signal = trivy(ONE_OF_EACH, min_severity=min_severity)
+    assert signal is not None
+    assert signal.labels["vulnerabilities"] == str(count)
+
+
+@pytest.mark.parametrize(("severity", "expected"), [
+    ("CRITICAL", Severity.critical), ("HIGH", Severity.high), ("MEDIUM", Severity.medium),
+    ("LOW", Severity.low), ("UNKNOWN", Severity.info),
+])
+def test_the_worst_finding_sets_the_severity(severity: str, expected: Severity) -> None:
+    signal = trivy(with_findings({"severity": severity}, {"severity": "UNKNOWN"}), min_severity="UNKNOWN")
+    assert signal is not None
+    assert signal.severity is expected
+
+
+@pytest.mark.parametrize(("findings", "top"), [
+    pytest.param([{"severity": "HIGH", "score": 9.9}, {"severity": "CRITICAL", "score": 1.0}],
+                 "CVE-2024-0002", id="severity-first"),
+    pytest.param([{"score": 5.0}, {"score": 7.5}], "CVE-2024-0002", id="then-the-higher-score"),
+    pytest.param([{"score": None}, {"score": 0.5}], "CVE-2024-0002", id="no-score-counts-as-zero"),
+    pytest.param([{"score": 5.0}, {"score": 5.0}], "CVE-2024-0001", id="then-the-lower-id"),
+    pytest.param([{}, {}], "CVE-2024-0001", id="no-scores-then-the-lower-id"),
+])
+def test_the_top_finding(findings: list[dict[str, Any]], top: str) -> None:
+    for order in (findings, list(reversed(findings))):
+        body = with_findings(*findings)
+        if order is not findings:
+            body["report"]["vulnerabilities"].reverse()
+        signal = trivy(body, min_severity="HIGH")
+        assert signal is not None
+        assert signal.labels["top_vulnerability"] == top
+
+
+@pytest.mark.parametrize(("artifact", "registry", "image"), [
+    ({"repository": "library/nginx", "tag": "1.16"}, {"server": "index.docker.io"},
+     "index.docker.io/library/nginx:1.16"),
+    ({"repository": "library/nginx", "tag": "1.16", "digest": "sha256:abc"}, {"server": "r.io"},
+     "r.io/library/nginx:1.16"),  # the tag is what a person recognises
+    ({"repository": "library/nginx", "digest": "sha256:abc"}, None, "library/nginx@sha256:abc"),
+    ({"repository": "library/nginx"}, {"server": ""}, "library/nginx"),
+    ({"repository": "library/nginx"}, {}, "library/nginx"),
+    ({"tag": "1.16"}, {"server": "r.io"}, None),
+    ({"repository": "", "tag": "1.16"}, {"server": "r.io"}, None),
+    (None, {"server": "r.io"}, None),
+])
+def test_image_name(artifact: dict[str, str] | None, registry: dict[str, str] | None,
+                    image: str | None) -> None:
+    body = report()
+    body["report"]["artifact"] = artifact
+    body["report"]["registry"] = registry
+    signal = trivy(body)
+    assert signal is not None
+    assert signal.labels.get("image") == image
+    assert signal.description is not None
+    assert signal.description.startswith(f"Image: {image}\n") is (image is not None)
+    assert "Image:" not in signal.description.split("\n", 1)[-1]
+
+
+def test_without_a_container_the_title_names_the_image_then_the_workload() -> None:
+    body = report()
+    del body["metadata"]["labels"]["trivy-operator.container.name"]
+    signal = trivy(body)
+    assert signal is not None and "container" not in signal.labels
+    assert signal.title == ("1 fixable CRITICAL vulnerability in index.docker.io/library/nginx:1.16 "
+                            "(replicaset nginx-6d4cf56db6)")
+    body["report"]["artifact"] = None
+    signal = trivy(body)
+    assert signal is not None
+    assert signal.title == ("1 fixable CRITICAL vulnerability in replicaset nginx-6d4cf56db6 "
+                            "(replicaset nginx-6d4cf56db6)")
+
+
+@pytest.mark.parametrize(("count", "listed", "more"), [
+    (1, 1, None), (20, 20, None), (21, 20, "... and 1 more"), (25, 20, "... and 5 more"),
+])
+def test_the_description_lists_twenty_findings(count: int, listed: int, more: str | None) -> None:
+    signal = trivy(with_findings(*({} for _ in range(count))))
+    assert signal is not None and signal.description is not None
+    lines = signal.description.split("\n")
+    assert lines[0] == "Image: index.docker.io/library/nginx:1.16"
+    findings = [line for line in lines if line.startswith("CVE-")]
+    assert findings[0] == "CVE-2024-0001 (CRITICAL) in libfoo 1.0, fixed in 2.0"
+    assert len(findings) == listed
+    assert lines[1:] == [*findings, *([more] if more else [])]
+    assert signal.labels["vulnerabilities"] == str(count)
+
+
+@pytest.mark.parametrize(("finding", "line"), [
+    ({"fixedVersion": "", "resource": "", "installedVersion": ""},
+     "CVE-2024-0001 (CRITICAL) in ?, no fix yet"),
+    ({"fixedVersion": None, "resource": None, "installedVersion": None},
+     "CVE-2024-0001 (CRITICAL) in ?, no fix yet"),
+    ({"fixedVersion": "", "resource": "openssl", "installedVersion": "3.0.1"},
+     "CVE-2024-0001 (CRITICAL) in openssl 3.0.1, no fix yet"),
+])
+def test_a_finding_without_a_fix_is_described_so(finding: dict[str, Any], line: str) -> None:
+    signal = trivy(with_findings(finding), require_fix=False)
+    assert signal is not None and signal.description is not None
+    assert signal.description.split("\n")[1] == line
+    assert signal.title == "1 CRITICAL vulnerability in nginx (replicaset nginx-6d4cf56db6)"
+
+
+def test_a_finding_with_only_an_id_and_a_severity() -> None:
+    body = with_findings({})
+    for key in ("fixedVersion", "installedVersion", "resource"):
+        del body["report"]["vulnerabilities"][0][key]
+    assert trivy(body) is None  # not fixable
+    signal = trivy(body, require_fix=False)
+    assert signal is not None and signal.description is not None
+    assert signal.description.split("\n")[1] == "CVE-2024-0001 (CRITICAL) in ?, no fix yet"
+
+
+def test_a_one_character_id_is_an_id() -> None:
+    signal = trivy(with_findings({"vulnerabilityID": "X"}))
+    assert signal is not None and signal.labels["top_vulnerability"] == "X"
+
+
+def meta(body: dict[str, Any], labels: dict[str, str | None], **fields: Any) -> dict[str, Any]:
+    """The report with these labels replaced (None removes one) and metadata fields set."""
+    body = copy.deepcopy(body)
+    for key, value in labels.items():
+        if value is None:
+            body["metadata"]["labels"].pop(key, None)
+        else:
+            body["metadata"]["labels"][key] = value
+    for key, value in fields.items():
+        if value is None:
+            body["metadata"].pop(key, None)
+        else:
+            body["metadata"][key] = value
+    return body
+
+
+KIND, NAME, NAMESPACE = ("trivy-operator.resource.kind", "trivy-operator.resource.name",
+                         "trivy-operator.resource.namespace")
+RS = Target(kind=TargetKind.replica_set, namespace="default", name="nginx-6d4cf56db6")
+
+
+@pytest.mark.parametrize(("labels", "fields", "target", "subject"), [
+    pytest.param({}, {}, RS, "replicaset nginx-6d4cf56db6", id="labels"),
+    pytest.param({NAMESPACE: None}, {}, RS, "replicaset nginx-6d4cf56db6", id="namespace-of-the-report"),
+    pytest.param({NAMESPACE: "shop"}, {}, Target(kind=TargetKind.replica_set, namespace="shop",
+                                                 name="nginx-6d4cf56db6"),
+                 "replicaset nginx-6d4cf56db6", id="namespace-label-first"),
+    pytest.param({NAMESPACE: None}, {"namespace": None}, None, "replicaset nginx-6d4cf56db6",
+                 id="no-namespace-no-target"),
+    pytest.param({KIND: "Node", NAME: "worker-1", NAMESPACE: None}, {"namespace": None},
+                 Target(kind=TargetKind.node, name="worker-1"), "node worker-1", id="node"),
+    pytest.param({KIND: None}, {}, RS, "replicaset nginx-6d4cf56db6", id="kind-of-the-owner"),
+    pytest.param({KIND: None}, {"ownerReferences": []}, None, "workload nginx-6d4cf56db6",
+                 id="no-kind"),
+    pytest.param({NAME: None}, {}, RS, "replicaset nginx-6d4cf56db6", id="name-of-the-owner"),
+    pytest.param({NAME: None}, {"annotations": {NAME: "nginx-from-annotation"}},
+                 Target(kind=TargetKind.replica_set, namespace="default", name="nginx-from-annotation"),
+                 "replicaset nginx-from-annotation", id="name-annotation-before-the-owner"),
+    pytest.param({NAME: None, KIND: "Deployment"}, {}, None,
+                 "deployment replicaset-nginx-6d4cf56db6-nginx", id="owner-of-another-kind"),
+])
+def test_the_scanned_workload(labels: dict[str, str | None], fields: dict[str, Any],
+                              target: Target | None, subject: str) -> None:
+    signal = trivy(meta(report(), labels, **fields))
+    assert signal is not None
+    assert signal.target == target
+    assert signal.title.endswith(f"({subject})")
+    kind, name = subject.split(" ")
+    assert signal.labels.get("trivy_resource_kind", "workload").lower() == kind
+    assert signal.labels.get("trivy_resource_name", "replicaset-nginx-6d4cf56db6-nginx") == name
+
+
+def test_a_report_is_built_by_field_name_or_parsed_from_the_wire() -> None:
+    body = report()
+    parsed = VulnerabilityReport.model_validate(body)
+    built = VulnerabilityReport(api_version=body["apiVersion"], kind=body["kind"],
+                                metadata=body["metadata"], report=body["report"])
+    assert built == parsed
+    with pytest.raises(ValidationError):
+        parsed.kind = "ConfigAuditReport"  # type: ignore[misc]
+    thresholds = TrivyThresholds()
+    with pytest.raises(ValidationError):
+        thresholds.min_count = 5  # type: ignore[misc]
+
+
 # === Prometheus =======================================================================
 
 CRASHLOOP = {
@@ -830,6 +1077,8 @@ def test_two_queries_with_the_same_labels_are_two_incidents() -> None:
     [errors] = signals_from_alerts_query([series({"__name__": "http_errors", **labels})])
     [latency] = signals_from_alerts_query([series({"__name__": "http_latency", **labels})])
     assert errors.fingerprint != latency.fingerprint
+    # The series name joins the labels as `__name__`, as Prometheus itself writes it.
+    assert errors.fingerprint == labels_fingerprint({"__name__": "http_errors", **labels})
 
 
 @pytest.mark.parametrize("result", [
