@@ -18,6 +18,7 @@ from kubernetes import client, watch
 from tests.e2e.conftest import OperatorProcess, wait_phase
 from tests.helpers import (
     GROUP,
+    OPERATOR_NS,
     VERSION,
     create_incident,
     create_playbook,
@@ -94,11 +95,14 @@ def test_sigkill_between_steps_applies_nothing_twice(
     policies = client.NetworkingV1Api(api_client).list_namespaced_network_policy(namespace).items
     assert sorted(p.metadata.name for p in policies) == sorted(
         f"firebreak-quarantine-{n}" for n in names)
-    evidence = core.list_namespaced_config_map(namespace,
-                                               label_selector="firebreak.dev/evidence=true").items
+    # Evidence is kept in the operator's namespace, labelled with the incident's.
+    evidence = core.list_namespaced_config_map(
+        OPERATOR_NS, label_selector=f"firebreak.dev/evidence=true,"
+                                    f"firebreak.dev/incident-namespace={namespace}").items
     for name in names:
         bundle = [c.metadata.name for c in evidence
                   if c.metadata.labels.get("firebreak.dev/incident") == name]
-        assert bundle and all(n.startswith(f"firebreak-evidence-{name}-evidence-") for n in bundle)
+        assert bundle and all(n.startswith(f"firebreak-evidence-{namespace}-{name}-evidence-")
+                              for n in bundle)
         assert len(bundle) == len(set(bundle))
         assert apps.read_namespaced_deployment_scale(name, namespace).spec.replicas == 1

@@ -1,9 +1,13 @@
 """The snapshot action against a real API server: the evidence bundle, its limits, what
-it records as skipped, and VolumeSnapshots when (and only when) the API is served."""
+it records as skipped, and VolumeSnapshots when (and only when) the API is served.
+
+The incident lives in the test's namespace; its evidence goes to the operator's
+namespace (here a second, fresh one), never beside the compromised workload."""
 
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +23,25 @@ from tests.controlplane import LocalCluster
 from tests.helpers import deployment, wait_for
 
 pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def evidence_ns(core: client.CoreV1Api, cluster: LocalCluster) -> Iterator[str]:
+    """The operator's namespace for this test: where the evidence goes."""
+    name = f"op-{uuid.uuid4().hex[:10]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture
+def make_context(make_context: Callable[..., ActionContext], evidence_ns: str
+                 ) -> Callable[..., ActionContext]:
+    def make(*args: Any, config: OperatorConfig | None = None, **kwargs: Any) -> ActionContext:
+        return make_context(*args, config=config or OperatorConfig(namespace=evidence_ns),
+                            **kwargs)
+
+    return make
 
 EVIDENCE = "firebreak.dev/evidence=true"
 NOT_SERVED = "skipped: snapshot.storage.k8s.io/v1 is not served"
@@ -92,7 +115,7 @@ def volume_snapshots_served(cluster: LocalCluster, kube: Kube) -> Iterator[None]
 
 def test_snapshot_of_a_deployment_stores_objects_events_and_skipped_logs(
     make_context: Callable[..., ActionContext], make_app: Callable[..., list[client.V1Pod]],
-    core: client.CoreV1Api, namespace: str
+    core: client.CoreV1Api, namespace: str, evidence_ns: str
 ) -> None:
     pods = make_app("web", 2)
     _wait_for_events(core, namespace, "Deployment")
@@ -105,15 +128,16 @@ def test_snapshot_of_a_deployment_stores_objects_events_and_skipped_logs(
     replicaset = pods[0].metadata.owner_references[0].name
     assert kinds == sorted([("Deployment", "web"), ("ReplicaSet", replicaset),
                             *(("Pod", p.metadata.name) for p in pods)])
-    name = "firebreak-evidence-incident-1-evidence-0"
-    assert prepared.record.to_api()["storage"] == {"kind": "Secret", "namespace": namespace,
+    name = f"firebreak-evidence-{namespace}-incident-1-evidence-0"
+    assert prepared.record.to_api()["storage"] == {"kind": "Secret", "namespace": evidence_ns,
                                                    "prefix": name[:-2], "index": name}
+    assert not core.list_namespaced_secret(evidence_ns, label_selector=EVIDENCE).items
     assert not core.list_namespaced_secret(namespace, label_selector=EVIDENCE).items
 
     applied = action.apply(ctx, params, prepared.record)
 
     assert applied.record is None
-    (secret,) = core.list_namespaced_secret(namespace, label_selector=EVIDENCE).items
+    (secret,) = core.list_namespaced_secret(evidence_ns, label_selector=EVIDENCE).items
     assert secret.metadata.name == name
     assert secret.immutable is True
     assert secret.metadata.labels == {"app.kubernetes.io/managed-by": "firebreak",
@@ -123,7 +147,8 @@ def test_snapshot_of_a_deployment_stores_objects_events_and_skipped_logs(
     files = _secret_files(secret)
     index = _index(files)
     assert index["summary"] == applied.message
-    assert index["storage"] == {"kind": "Secret", "namespace": namespace, "objects": [name]}
+    assert index["storage"] == {"kind": "Secret", "namespace": evidence_ns, "objects": [name]}
+    assert not core.list_namespaced_secret(namespace, label_selector=EVIDENCE).items
     assert {f["key"] for f in index["files"]} | {"index.yaml"} == set(files)
     deployment_yaml = yaml.safe_load(files["deployment_web.yaml"])
     assert deployment_yaml["kind"] == "Deployment"
@@ -146,7 +171,7 @@ def test_snapshot_of_a_deployment_stores_objects_events_and_skipped_logs(
     again = action.apply(ctx, params, prepared.record)
 
     assert again.message == applied.message
-    (same,) = core.list_namespaced_secret(namespace, label_selector=EVIDENCE).items
+    (same,) = core.list_namespaced_secret(evidence_ns, label_selector=EVIDENCE).items
     assert same.metadata.resource_version == secret.metadata.resource_version
     assert same.metadata.uid == secret.metadata.uid
     with pytest.raises(ActionRefused, match="snapshot cannot be reverted"):
@@ -155,7 +180,7 @@ def test_snapshot_of_a_deployment_stores_objects_events_and_skipped_logs(
 
 def test_snapshot_of_a_pod_includes_its_owner_chain(
     make_context: Callable[..., ActionContext], make_app: Callable[..., list[client.V1Pod]],
-    core: client.CoreV1Api, namespace: str
+    core: client.CoreV1Api, namespace: str, evidence_ns: str
 ) -> None:
     (pod,) = make_app("web", 1)
     action, ctx = Snapshot(), make_context("Pod", pod.metadata.name)
@@ -165,16 +190,16 @@ def test_snapshot_of_a_pod_includes_its_owner_chain(
 
     assert [o.kind for o in prepared.objects] == ["Pod", "ReplicaSet", "Deployment"]
     applied = action.apply(ctx, params, prepared.record)
-    (stored,) = core.list_namespaced_config_map(namespace, label_selector=EVIDENCE).items
-    assert stored.metadata.name == "firebreak-evidence-incident-1-step-0"
+    (stored,) = core.list_namespaced_config_map(evidence_ns, label_selector=EVIDENCE).items
+    assert stored.metadata.name == f"firebreak-evidence-{namespace}-incident-1-step-0"
     assert f"pod_{pod.metadata.name}.yaml" in stored.data
     assert applied.message.startswith("stored 3 objects, ")
-    assert "in ConfigMap firebreak-evidence-incident-1-step-0" in applied.message
+    assert f"in ConfigMap firebreak-evidence-{namespace}-incident-1-step-0" in applied.message
 
 
 def test_a_large_bundle_is_split_and_truncated_to_the_size_limit(
     make_context: Callable[..., ActionContext], core: client.CoreV1Api,
-    apps: client.AppsV1Api, namespace: str
+    apps: client.AppsV1Api, namespace: str, evidence_ns: str
 ) -> None:
     limit = 4096
     big = deployment("big", 1)
@@ -182,17 +207,17 @@ def test_a_large_bundle_is_split_and_truncated_to_the_size_limit(
     apps.create_namespaced_deployment(namespace, big)
     wait_for(lambda: core.list_namespaced_pod(namespace, label_selector="app=big").items,
              timeout=60, what="the pod of big")
-    config = OperatorConfig(namespace="firebreak-system", snapshot_max_bytes=limit)
+    config = OperatorConfig(namespace=evidence_ns, snapshot_max_bytes=limit)
     action, ctx = Snapshot(), make_context("Deployment", "big", config=config)
     params = action.parse({"storage": "configMap"})
     prepared = action.prepare(ctx, params)
 
     applied = action.apply(ctx, params, prepared.record)
 
-    parts = core.list_namespaced_config_map(namespace, label_selector=EVIDENCE).items
+    parts = core.list_namespaced_config_map(evidence_ns, label_selector=EVIDENCE).items
     names = sorted(p.metadata.name for p in parts)
     assert len(parts) > 1
-    assert names == [f"firebreak-evidence-incident-1-step-{n}" for n in range(len(parts))]
+    assert names == [f"firebreak-evidence-{namespace}-incident-1-step-{n}" for n in range(len(parts))]
     for part in parts:
         assert sum(len(k.encode()) + len(v.encode()) for k, v in part.data.items()) <= limit
     by_name = {p.metadata.name: p.data for p in parts}
@@ -207,13 +232,13 @@ def test_a_large_bundle_is_split_and_truncated_to_the_size_limit(
 
     versions = {p.metadata.name: p.metadata.resource_version for p in parts}
     action.apply(ctx, params, prepared.record)
-    after = core.list_namespaced_config_map(namespace, label_selector=EVIDENCE).items
+    after = core.list_namespaced_config_map(evidence_ns, label_selector=EVIDENCE).items
     assert {p.metadata.name: p.metadata.resource_version for p in after} == versions
 
 
 def test_volume_snapshots_are_skipped_when_the_api_is_not_served(
     make_context: Callable[..., ActionContext], core: client.CoreV1Api,
-    apps: client.AppsV1Api, kube: Kube, namespace: str
+    apps: client.AppsV1Api, kube: Kube, namespace: str, evidence_ns: str
 ) -> None:
     assert not kube.served("snapshot.storage.k8s.io", "v1"), "a test left the CRD installed"
     _pvc_app(core, apps, namespace)
@@ -230,7 +255,7 @@ def test_volume_snapshots_are_skipped_when_the_api_is_not_served(
     applied = action.apply(ctx, params, prepared.record)
     assert applied.message.endswith(f"; 0 VolumeSnapshots (1 {NOT_SERVED})")
     assert "0 logs (1 skipped: the pod is not scheduled to a node)" in applied.message
-    (secret,) = core.list_namespaced_secret(namespace, label_selector=EVIDENCE).items
+    (secret,) = core.list_namespaced_secret(evidence_ns, label_selector=EVIDENCE).items
     index = _index(_secret_files(secret))
     assert index["volumeSnapshots"] == [{
         "namespace": namespace, "name": "firebreak-incident-1-data",
@@ -240,7 +265,7 @@ def test_volume_snapshots_are_skipped_when_the_api_is_not_served(
 def test_volume_snapshot_is_created_once_when_the_api_is_served(
     volume_snapshots_served: None, make_context: Callable[..., ActionContext],
     core: client.CoreV1Api, apps: client.AppsV1Api, api_client: client.ApiClient,
-    namespace: str
+    namespace: str, evidence_ns: str
 ) -> None:
     custom = client.CustomObjectsApi(api_client)
 
@@ -270,20 +295,20 @@ def test_volume_snapshot_is_created_once_when_the_api_is_served(
     assert [s["metadata"]["resourceVersion"] for s in snapshots()] == \
         [snapshot["metadata"]["resourceVersion"]]
     # ... and neither does one after a crash between the VolumeSnapshot and the bundle.
-    (secret,) = core.list_namespaced_secret(namespace, label_selector=EVIDENCE).items
-    core.delete_namespaced_secret(secret.metadata.name, namespace)
-    wait_for(lambda: not core.list_namespaced_secret(namespace, label_selector=EVIDENCE).items,
+    (secret,) = core.list_namespaced_secret(evidence_ns, label_selector=EVIDENCE).items
+    core.delete_namespaced_secret(secret.metadata.name, evidence_ns)
+    wait_for(lambda: not core.list_namespaced_secret(evidence_ns, label_selector=EVIDENCE).items,
              what="the evidence Secret to be deleted")
     action.apply(ctx, params, prepared.record)
     assert [s["metadata"]["resourceVersion"] for s in snapshots()] == \
         [snapshot["metadata"]["resourceVersion"]]
-    (rewritten,) = core.list_namespaced_secret(namespace, label_selector=EVIDENCE).items
+    (rewritten,) = core.list_namespaced_secret(evidence_ns, label_selector=EVIDENCE).items
     index = _index(_secret_files(rewritten))
     assert index["volumeSnapshots"][0]["result"] == "already existed"
 
 
 def test_snapshot_of_a_node_stores_the_node(
-    make_context: Callable[..., ActionContext], core: client.CoreV1Api, namespace: str
+    make_context: Callable[..., ActionContext], core: client.CoreV1Api, namespace: str, evidence_ns: str
 ) -> None:
     name = f"snap-{namespace}"
     core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name)))
@@ -295,11 +320,11 @@ def test_snapshot_of_a_node_stores_the_node(
 
         applied = action.apply(ctx, params, prepared.record)
 
-        (secret,) = core.list_namespaced_secret(namespace, label_selector=EVIDENCE).items
+        (secret,) = core.list_namespaced_secret(evidence_ns, label_selector=EVIDENCE).items
         files = _secret_files(secret)
         assert yaml.safe_load(files[f"node_{name}.yaml"])["metadata"]["name"] == name
         assert applied.message.startswith("stored 1 object, ")
-        assert ", 0 logs in Secret firebreak-evidence-incident-1-step-0" in applied.message
+        assert f", 0 logs in Secret firebreak-evidence-{namespace}-incident-1-step-0" in applied.message
     finally:
         core.delete_node(name)
 

@@ -2,7 +2,7 @@
 
 Containment destroys evidence: a deleted pod takes its logs with it, a scale-down
 erases the replicas, and Events expire after an hour. This action copies what the
-API can tell about the target into the incident's namespace before later steps run:
+API can tell about the target into the operator's namespace before later steps run:
 
 - the target, its owner chain and (for a pod or workload target) its pods, as YAML
   without ``managedFields``;
@@ -13,8 +13,10 @@ API can tell about the target into the incident's namespace before later steps r
   cluster serves ``snapshot.storage.k8s.io/v1``.
 
 The bundle is written as immutable Secrets (default: logs and pod specs may hold
-credentials) or ConfigMaps named ``firebreak-evidence-<incident>-<step>-<n>``, each
-no larger than ``snapshotMaxBytes``; part 0 carries ``index.yaml``, which lists every
+credentials) or ConfigMaps named ``firebreak-evidence-<namespace>-<incident>-<step>-<n>``,
+each no larger than ``snapshotMaxBytes``, in the operator's own namespace: the
+operator needs no access to Secrets anywhere else, and whoever controls the
+compromised namespace cannot delete the evidence about it; part 0 carries ``index.yaml``, which lists every
 file, where it is, and what could not be collected and why. Evidence that cannot be
 had (a kubelet that does not serve logs, a volume API that is not installed) is
 recorded as skipped; it never fails the step.
@@ -137,8 +139,10 @@ def dns_label(text: str) -> str:
 
 
 def evidence_prefix(ctx: ActionContext) -> str:
-    """Names of the bundle's objects, without the part number."""
-    return bounded(f"firebreak-evidence-{ctx.incident.key}-{dns_label(ctx.step)}", MAX_NAME - 5)
+    """Names of the bundle's objects, without the part number. They share one namespace
+    (the operator's), so the incident's namespace is part of the name."""
+    return bounded(f"firebreak-evidence-{ctx.incident.namespace}-{ctx.incident.key}-"
+                   f"{dns_label(ctx.step)}", MAX_NAME - 5)
 
 
 def part_name(prefix: str, n: int) -> str:
@@ -421,8 +425,9 @@ def _summary(bundle: Bundle, kind: str, names: list[str]) -> str:
     return message
 
 
-def _index(ctx: ActionContext, bundle: Bundle, kind: str, names: list[str],
+def _index(ctx: ActionContext, bundle: Bundle, storage: EvidenceStorage, names: list[str],
            parts: list[list[File]]) -> str:
+    kind = storage.kind
     target = ctx.target
     files = []
     for n, part in enumerate(parts):
@@ -442,14 +447,14 @@ def _index(ctx: ActionContext, bundle: Bundle, kind: str, names: list[str],
         "target": _describe(target.kind.value, target.namespace, target.name),
         "collectedAt": ctx.now.astimezone(dt.UTC).isoformat(),
         "summary": _summary(bundle, kind, names),
-        "storage": {"kind": kind, "namespace": ctx.incident.namespace, "objects": names},
+        "storage": {"kind": kind, "namespace": storage.namespace, "objects": names},
         "files": files,
         "skipped": bundle.skipped,
         "volumeSnapshots": bundle.snapshots,
     })
 
 
-def _layout(ctx: ActionContext, bundle: Bundle, kind: str, prefix: str,
+def _layout(ctx: ActionContext, bundle: Bundle, storage: EvidenceStorage,
             limit: int) -> tuple[list[list[File]], list[str], str]:
     """Split the files over parts so that part 0 holds the index as well."""
     for f in bundle.files:
@@ -457,8 +462,8 @@ def _layout(ctx: ActionContext, bundle: Bundle, kind: str, prefix: str,
     reserved = 0
     for _ in range(8):
         parts = _pack(bundle.files, limit, reserved)
-        names = [part_name(prefix, n) for n in range(len(parts))]
-        index = _index(ctx, bundle, kind, names, parts)
+        names = [part_name(storage.prefix, n) for n in range(len(parts))]
+        index = _index(ctx, bundle, storage, names, parts)
         needed = len(INDEX_KEY) + len(index.encode())
         if needed <= reserved:
             return parts, names, index
@@ -479,11 +484,13 @@ def _storage_api(kube: Kube, kind: str) -> tuple[Any, Any, Any, Any]:
             core.delete_namespaced_config_map, core.list_namespaced_config_map)
 
 
-def _body(ctx: ActionContext, kind: str, name: str, data: dict[str, str]) -> dict[str, Any]:
+def _body(ctx: ActionContext, storage: EvidenceStorage, name: str,
+          data: dict[str, str]) -> dict[str, Any]:
+    kind = storage.kind
     target = ctx.target
     meta = {
         "name": name,
-        "namespace": ctx.incident.namespace,
+        "namespace": storage.namespace,
         "labels": _labels(ctx),
         "annotations": {
             "firebreak.dev/incident-name": ctx.incident.name,
@@ -514,16 +521,16 @@ def _stored_summary(obj: Obj, kind: str) -> str | None:
     return str(summary) if summary else None
 
 
-def _write(ctx: ActionContext, kind: str, prefix: str, parts: list[list[File]],
+def _write(ctx: ActionContext, storage: EvidenceStorage, parts: list[list[File]],
            names: list[str], index: str) -> None:
     """Write parts n > 0 first and part 0 (with the index) last: part 0 existing means
     the whole bundle exists. Parts left by an interrupted earlier attempt are replaced
     (evidence objects are immutable) and extra ones removed, so the index never
     describes objects that hold something else."""
+    kind, prefix, namespace = storage.kind, storage.prefix, storage.namespace
     create_fn, _, delete_fn, list_fn = _storage_api(ctx.kube, kind)
-    namespace = ctx.incident.namespace
     for n in range(len(parts) - 1, 0, -1):
-        body = _body(ctx, kind, names[n], {f.key: f.text for f in parts[n]})
+        body = _body(ctx, storage, names[n], {f.key: f.text for f in parts[n]})
         if create(create_fn, namespace, body) is None:
             call(delete_fn, names[n], namespace)
             call(create_fn, namespace, body)
@@ -534,7 +541,7 @@ def _write(ctx: ActionContext, kind: str, prefix: str, parts: list[list[File]],
         if match and int(match.group(1)) >= len(parts):
             call(delete_fn, item["metadata"]["name"], namespace)
     data = {INDEX_KEY: index, **{f.key: f.text for f in parts[0]}}
-    create(create_fn, namespace, _body(ctx, kind, names[0], data))
+    create(create_fn, namespace, _body(ctx, storage, names[0], data))
 
 
 class Snapshot(Action):
@@ -589,7 +596,7 @@ class Snapshot(Action):
         kind = "Secret" if params.storage == "secret" else "ConfigMap"
         prefix = evidence_prefix(ctx)
         record = SnapshotRecord(
-            storage=EvidenceStorage(kind=kind, namespace=ctx.incident.namespace, prefix=prefix,
+            storage=EvidenceStorage(kind=kind, namespace=ctx.config.namespace, prefix=prefix,
                                     index=part_name(prefix, 0)),
             objects=[_object_record(o) for o in collected],
             pods_not_collected=not_collected,
@@ -598,7 +605,7 @@ class Snapshot(Action):
         warnings = []
         message = (f"store {len(collected)} objects with their events and the logs of "
                    f"{min(len(pods), params.max_pods)} pods in {kind} "
-                   f"{ctx.incident.namespace}/{part_name(prefix, 0)}")
+                   f"{ctx.config.namespace}/{part_name(prefix, 0)}")
         if not_collected:
             message += f" ({len(not_collected)} more pods left out by maxPods)"
         if snapshots:
@@ -617,10 +624,13 @@ class Snapshot(Action):
 
     def apply(self, ctx: ActionContext, params: SnapshotParams,
               record: SnapshotRecord) -> Applied:
-        kind, prefix = record.storage.kind, record.storage.prefix
+        # Where the record says: a record written before evidence moved to the
+        # operator's namespace still finds its bundle.
+        storage = record.storage
+        kind = storage.kind
         _, read_fn, _, _ = _storage_api(ctx.kube, kind)
-        first = part_name(prefix, 0)
-        existing = read_raw(read_fn, first, ctx.incident.namespace)
+        first = part_name(storage.prefix, 0)
+        existing = read_raw(read_fn, first, storage.namespace)
         if existing is not None:
             summary = _stored_summary(existing, kind)
             return Applied(message=summary or f"evidence already stored in {kind} {first}",
@@ -628,7 +638,7 @@ class Snapshot(Action):
         limit = ctx.config.snapshot_max_bytes
         bundle = _collect(ctx, params, record, limit)
         _take_volume_snapshots(ctx, params, record, bundle)
-        parts, names, index = _layout(ctx, bundle, kind, prefix, limit)
-        _write(ctx, kind, prefix, parts, names, index)
+        parts, names, index = _layout(ctx, bundle, storage, limit)
+        _write(ctx, storage, parts, names, index)
         return Applied(message=_summary(bundle, kind, names), record=None,
                        warnings=bundle.warnings)
