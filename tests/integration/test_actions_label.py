@@ -104,22 +104,17 @@ def test_relabelling_a_pod_out_of_its_selector_is_warned_about(
     assert warning.startswith("ReplicaSet web-") and "selects its pods by app" in warning
 
 
-def test_labels_a_node_and_reverts(
+def test_a_node_is_not_labelled(
     make_context: Callable[..., ActionContext], core: client.CoreV1Api, namespace: str
 ) -> None:
+    """A node's labels steer the scheduler: the action refuses, as the admission policy
+    would, before reading or writing anything."""
     name = f"label-{namespace}"
     core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name)))
     try:
         action, ctx = Label(), make_context("Node", name)
-        params = action.parse({"labels": {QUARANTINE: "true"}})
-        prepared = action.prepare(ctx, params)
-        assert prepared.record.namespace is None
-
-        applied = action.apply(ctx, params, prepared.record)
-        assert core.read_node(name).metadata.labels[QUARANTINE] == "true"
-        assert applied.record is not None
-
-        assert action.revert(ctx, applied.record) == f"Node {name}: removed {QUARANTINE}"
+        with pytest.raises(ActionRefused, match="label does not act on Nodes"):
+            action.prepare(ctx, action.parse({"labels": {QUARANTINE: "true"}}))
         assert QUARANTINE not in (core.read_node(name).metadata.labels or {})
     finally:
         core.delete_node(name)

@@ -1,5 +1,8 @@
 """label: mark the target object, for people and for other controls to act on.
 
+Pods and workloads only: a Node's labels steer the scheduler, so relabelling one
+could draw workloads onto a compromised node (cordonNode contains nodes).
+
 A label is the lightest containment there is: it changes nothing by itself, but
 policies written against it do (a NetworkPolicy or admission rule that selects
 ``security.example.com/quarantine=true``, a dashboard that lists marked pods).
@@ -143,6 +146,12 @@ class Label(Action):
     record_model = LabelRecord
 
     def prepare(self, ctx: ActionContext, params: LabelParams) -> Prepared:
+        if ctx.target.kind is TargetKind.node:
+            # A node's labels steer the scheduler (nodeSelector, affinity): relabelling one
+            # could draw workloads onto a compromised node. The admission policy
+            # firebreak-cordon-only refuses it too; cordonNode is the node's containment.
+            raise ActionRefused("label does not act on Nodes (their labels steer the "
+                                "scheduler); use cordonNode")
         target = read_target(ctx.kube, ctx.target)
         meta = target["metadata"]
         current = meta.get("labels") or {}
