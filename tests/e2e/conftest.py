@@ -1,13 +1,13 @@
 """Running ``firebreak run`` as a real process, with the RBAC of its manifests.
 
 The operator runs under the ``firebreak`` ServiceAccount from ``manifests/rbac.yaml``
-(a kubeconfig holding that account's token), so every end-to-end test also proves
-the shipped RBAC grants what the operator needs, and no more is assumed.
+(a kubeconfig holding that account's token), with the admission policies of
+``manifests/admission.yaml`` bound to it, so every end-to-end test also proves the
+shipped RBAC grants what the operator needs and the policies let it through.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import signal
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 
-from tests.conftest import REPO
+from tests import admission
+from tests.admission import install_rbac, service_account_kubeconfig
 from tests.controlplane import LocalCluster
 from tests.helpers import OPERATOR_NS, wait_for
 
@@ -29,24 +29,13 @@ from tests.helpers import OPERATOR_NS, wait_for
 @pytest.fixture(scope="session")
 def operator_kubeconfig(cluster: LocalCluster, crds: None, core: client.CoreV1Api,
                         tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A kubeconfig for the operator's ServiceAccount, as installed by the manifests."""
-    cluster.kubectl("apply", "-f", str(REPO / "manifests" / "namespace.yaml"),
-                    "-f", str(REPO / "manifests" / "rbac.yaml"))
-    token = core.create_namespaced_service_account_token(
-        "firebreak", OPERATOR_NS,
-        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-            audiences=[], expiration_seconds=24 * 3600)),
-    ).status.token
-    ca = base64.b64encode((cluster.pki / "ca.crt").read_bytes()).decode()
-    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "firebreak",
-        "clusters": [{"name": "local", "cluster": {"server": cluster.server,
-                                                   "certificate-authority-data": ca}}],
-        "users": [{"name": "firebreak", "user": {"token": token}}],
-        "contexts": [{"name": "firebreak", "context": {"cluster": "local", "user": "firebreak"}}],
-    }))
-    return path
+    """A kubeconfig for the operator's ServiceAccount, as installed by the manifests,
+    with the admission policies that bind it (all but the approvals policy, which judges
+    every user and would refuse other tests' approvals in made-up names)."""
+    install_rbac(cluster)
+    admission.apply(cluster, admission.admission_documents(approvals=False))
+    return service_account_kubeconfig(
+        cluster, core, tmp_path_factory.mktemp("operator") / "kubeconfig")
 
 
 @dataclass
