@@ -118,17 +118,99 @@ class OnFailure(StrEnum):
     continue_ = "continue"
 
 
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class StepParams(Model):
+    """The parameters of every action, each valid for the actions its description names
+    (``PARAMS_OF``). Strict: ``"no"`` is not a boolean and ``"3"`` not a number."""
+
+    model_config = ConfigDict(strict=True)
+
+    scope: Literal["pod", "workload"] | None = Field(
+        default=None,
+        description="isolateNetwork, deletePod: pod acts on the target pod (default); "
+                    "workload on every pod of its workload.")
+    allow_dns: bool | None = Field(
+        default=None, alias="allowDNS",
+        description="isolateNetwork: allow egress to the cluster DNS service (default true).")
+    dns_namespace: str | None = Field(
+        default=None, pattern=DNS_LABEL, max_length=63,
+        description="isolateNetwork: namespace of the cluster DNS pods (default kube-system).")
+    dns_selector: dict[str, str] | None = Field(
+        default=None,
+        description="isolateNetwork: labels of the cluster DNS pods (default k8s-app: kube-dns).")
+    forensics_namespace: str | None = Field(
+        default=None, pattern=DNS_LABEL, max_length=63,
+        description="isolateNetwork: allow ingress from pods in this namespace (for "
+                    "investigators' tools).")
+    detach: bool | None = Field(
+        default=None,
+        description="isolateNetwork: take the pods out of their ReplicaSet so a replacement "
+                    "starts (default false).")
+    replicas: int | None = Field(
+        default=None, ge=0, description="scaleDown: the replica count to scale to (default 0).")
+    storage: Literal["secret", "configMap"] | None = Field(
+        default=None,
+        description="snapshot: write the evidence as Secrets (default; logs may hold "
+                    "credentials) or ConfigMaps.")
+    tail_lines: int | None = Field(
+        default=None, ge=1, le=100_000,
+        description="snapshot: lines kept from the end of each container log (default 500).")
+    max_pods: int | None = Field(
+        default=None, ge=1, le=500,
+        description="snapshot: most pods collected for a workload target (default 20).")
+    volume_snapshot_class_name: str | None = Field(
+        default=None, min_length=1,
+        description="snapshot: VolumeSnapshotClass of the volume snapshots (default: the "
+                    "cluster's).")
+    labels: dict[str, str] | None = Field(
+        default=None, description="label (required): labels to set on the target object.")
+    grace_period_seconds: int | None = Field(
+        default=None, ge=0,
+        description="deletePod: seconds the containers get to stop (default: the pod's own).")
+
+
+# Which parameters each action takes (by their API names). The CRD's rules, these
+# models and each action's own parameter model agree (tests/unit/test_crd_schema.py).
+PARAMS_OF: dict[ActionName, frozenset[str]] = {
+    ActionName.isolate_network: frozenset({"scope", "allowDNS", "dnsNamespace", "dnsSelector",
+                                           "forensicsNamespace", "detach"}),
+    ActionName.cordon_node: frozenset(),
+    ActionName.scale_down: frozenset({"replicas"}),
+    ActionName.snapshot: frozenset({"storage", "tailLines", "maxPods",
+                                    "volumeSnapshotClassName"}),
+    ActionName.label: frozenset({"labels"}),
+    ActionName.delete_pod: frozenset({"scope", "gracePeriodSeconds"}),
+}
+REQUIRED_PARAMS: dict[ActionName, frozenset[str]] = {ActionName.label: frozenset({"labels"})}
+
+
 class PlaybookStep(Model):
     """One step of a playbook: an action with its parameters."""
 
     name: str = Field(description="Unique name of the step within the playbook.",
                       min_length=1, max_length=63)
     action: ActionName = Field(description="The action to run.")
-    params: dict[str, Any] | None = Field(
-        default=None, description="Parameters of the action; see the action's documentation.")
+    params: StepParams | None = Field(
+        default=None, description="Parameters of the action; each names the actions it "
+                                  "applies to.")
     on_failure: OnFailure = Field(
         default=OnFailure.abort,
         description="abort stops the playbook at a failed step; continue goes on to the next.")
+
+    @model_validator(mode="after")
+    def _params_fit_the_action(self) -> PlaybookStep:
+        # The same rules as the CRD's x-kubernetes-validations on a step.
+        given = set(self.params.to_api()) if self.params is not None else set()
+        foreign = sorted(given - PARAMS_OF[self.action])
+        if foreign:
+            raise ValueError(f"params {', '.join(foreign)} do not apply to "
+                             f"{self.action.value}")
+        missing = sorted(REQUIRED_PARAMS.get(self.action, frozenset()) - given)
+        if missing:
+            raise ValueError(f"{self.action.value} needs params {', '.join(missing)}")
+        return self
 
 
 class PlaybookMode(StrEnum):
@@ -181,6 +263,15 @@ class ResponsePlaybookSpec(Model):
         description="How containment ends: manual (spec.resolution) or when the signal resolves.")
     steps: list[PlaybookStep] = Field(
         description="The steps, run in order.", min_length=1, max_length=32)
+
+
+class ResponsePlaybookStatus(Model):
+    """Whether the playbook can answer incidents."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation last checked.")
+    conditions: list[Condition] | None = Field(
+        default=None, description="Ready: the playbook is valid and takes part in matching.")
 
 
 # --- SecurityIncident -------------------------------------------------------------
@@ -356,3 +447,6 @@ class SecurityIncidentStatus(Model):
     last_seen: AwareDatetime | None = Field(default=None, description="Latest arrival of the signal.")
     time_to_contain_seconds: float | None = Field(
         default=None, description="Seconds from the first signal until every step was applied.")
+
+
+ResponsePlaybookStatus.model_rebuild()

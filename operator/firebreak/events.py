@@ -23,12 +23,14 @@ COMPONENT = "firebreak"
 
 def post_event(kube: Kube, incident: dict[str, Any], type_: str, reason: str, message: str,
                now: dt.datetime) -> None:
+    """An Event about an incident (or any of Firebreak's objects: the body's kind)."""
     meta = incident["metadata"]
     event = client.CoreV1Event(
         metadata=client.V1ObjectMeta(generate_name=f"{meta['name'][:200]}.",
                                      namespace=meta["namespace"]),
         involved_object=client.V1ObjectReference(
-            api_version=API_VERSION, kind="SecurityIncident", name=meta["name"],
+            api_version=API_VERSION, kind=incident.get("kind", "SecurityIncident"),
+            name=meta["name"],
             namespace=meta["namespace"], uid=meta.get("uid"),
             resource_version=meta.get("resourceVersion")),
         reason=reason,

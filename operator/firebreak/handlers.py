@@ -27,6 +27,7 @@ from .intake import Intake
 from .kube import Kube
 from .matching import PlaybookCandidate
 from .pollers import PrometheusPoller
+from .readiness import PlaybookReadiness
 from .sources.trivy import TrivyThresholds, signal_from_vulnerability_report
 from .webhook import TokenSource, Webhook, describe_auth
 
@@ -43,6 +44,7 @@ class Services:
     intake: Intake
     events: EventPoster
     trivy: TrivyThresholds
+    readiness: PlaybookReadiness
     webhook: Webhook | None = None
     poller: asyncio.Task[None] | None = None
 
@@ -102,6 +104,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         trivy=TrivyThresholds(min_severity=config.trivy_min_severity,
                               require_fix=config.trivy_require_fix,
                               min_count=config.trivy_min_count),
+        readiness=PlaybookReadiness(kube=kube, emit=events),
         webhook=webhook,
         poller=poller,
     )
@@ -148,6 +151,14 @@ def playbooks(namespace: str | None, name: str, spec: kopf.Spec,
         logger.warning("ResponsePlaybook %s/%s is invalid and ignored: %s", namespace, name, exc)
         return None
     return {ALL: PlaybookCandidate(namespace=namespace, name=name, spec=parsed)}
+
+
+@kopf.on.event(GROUP, VERSION, PLAYBOOK_PLURAL)
+def playbook_ready(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every playbook says whether it is valid (its Ready condition); writes nothing to
+    the playbook but its status, and only when that changes."""
+    if type != "DELETED":
+        services(memo).readiness.observe(_plain(body))
 
 
 @kopf.on.resume(GROUP, VERSION, INCIDENT_PLURAL, backoff=5)

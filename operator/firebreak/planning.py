@@ -49,7 +49,7 @@ def plan(incident: SecurityIncidentSpec, playbook: ResponsePlaybookSpec,
         seen.add(step.name)
         if incident.target.kind is TargetKind.node and step.action in WORKLOAD_ONLY:
             raise PlanError(f"step {step.name!r}: {step.action.value} cannot act on a Node target")
-        params = dict(step.params or {})
+        params = step.params.to_api() if step.params is not None else {}
         try:
             check_params(step.action, params)
         except ValidationError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import kopf
@@ -15,8 +16,9 @@ from firebreak import handlers
 from firebreak.actions import registry
 from firebreak.config import OperatorConfig
 from firebreak.engine import Engine
-from firebreak.events import EventPoster
+from firebreak.events import EventPoster, post_event
 from firebreak.intake import Intake
+from firebreak.readiness import PlaybookReadiness
 from firebreak.sources.trivy import TrivyThresholds
 from tests.engine.recorder import Recorder
 from tests.engine.world import (
@@ -48,7 +50,8 @@ def memo(api: Recorder, clock: Clock) -> Iterator[kopf.Memo]:
         engine=Engine(kube=kube, config=config, actions=registry(), emit=events, clock=clock),
         intake=Intake(kube, config, clock=clock, retry_for=0),
         events=events,
-        trivy=TrivyThresholds(min_severity="CRITICAL", require_fix=True, min_count=1))
+        trivy=TrivyThresholds(min_severity="CRITICAL", require_fix=True, min_count=1),
+        readiness=PlaybookReadiness(kube=kube, emit=partial(post_event, kube), clock=clock))
     yield found
     events.close()
 
@@ -105,3 +108,57 @@ def test_a_vulnerability_report_opens_an_incident(api: Recorder, memo: kopf.Memo
 def test_services_must_have_been_set_up() -> None:
     with pytest.raises(RuntimeError, match="start-up handler did not run"):
         handlers.services(kopf.Memo())
+
+
+def _stored_playbook(api: Recorder, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return api.add({"apiVersion": "firebreak.dev/v1alpha1", "kind": "ResponsePlaybook",
+                    "metadata": {"name": name, "namespace": OPERATOR_NS}, "spec": spec})
+
+
+def _ready(api: Recorder, name: str) -> dict[str, Any]:
+    found = api.get("responseplaybooks", OPERATOR_NS, name)
+    assert found is not None
+    (ready,) = found["status"]["conditions"]
+    assert ready["type"] == "Ready"
+    return dict(ready)
+
+
+def test_a_playbook_says_whether_it_is_ready_and_writes_only_changes(
+        api: Recorder, memo: kopf.Memo) -> None:
+    good = _stored_playbook(api, "good", {"steps": [step("isolate", "isolateNetwork")]})
+    bad = _stored_playbook(api, "bad", {"priority": 100, "steps": [
+        {"name": "stop", "action": "scaleDown", "params": {"replicas": "zero"}}]})
+    api.clear()
+
+    handlers.playbook_ready(type="ADDED", body=good, memo=memo)
+    handlers.playbook_ready(type="ADDED", body=bad, memo=memo)
+
+    assert _ready(api, "good")["status"] == "True"
+    invalid = _ready(api, "bad")
+    assert (invalid["status"], invalid["reason"]) == ("False", "InvalidPlaybook")
+    assert "steps.0.params.replicas" in invalid["message"]
+    (event,) = api.all("events", OPERATOR_NS)
+    assert (event["type"], event["reason"]) == ("Warning", "InvalidPlaybook")
+    assert event["involvedObject"]["kind"] == "ResponsePlaybook"
+    assert event["involvedObject"]["name"] == "bad"
+    writes = api.written()
+    # Seen again (Kopf's event for our own status write): nothing is written.
+    for name in ("good", "bad"):
+        found = api.get("responseplaybooks", OPERATOR_NS, name)
+        handlers.playbook_ready(type="MODIFIED", body=found, memo=memo)
+    assert api.written() == writes
+
+
+def test_an_invalid_playbook_is_left_out_of_matching_and_shadows_no_valid_one(
+        api: Recorder, memo: kopf.Memo) -> None:
+    good = {"priority": 1, "steps": [step("isolate", "isolateNetwork")]}
+    bad = {"priority": 100, "steps": [
+        {"name": "stop", "action": "scaleDown", "params": {"replicas": -1}}]}
+    indexed = [handlers.playbooks(namespace=OPERATOR_NS, name=name, spec=spec, logger=LOG)
+               for name, spec in (("good", good), ("bad", bad))]
+    assert indexed[1] is None
+    assert indexed[0] is not None
+    add_incident(api)
+    handlers.reconcile(namespace=NS, name="miner", body=incident(api), memo=memo,
+                       playbooks=index(indexed[0][handlers.ALL]))
+    assert states(api) == {"isolate": "Applied"}

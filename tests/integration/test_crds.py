@@ -154,6 +154,13 @@ def test_status_round_trips_through_the_status_subresource(
 
 # --- bad objects --------------------------------------------------------------------
 
+def _step(action: str, **params: Any) -> dict[str, Any]:
+    step: dict[str, Any] = {"name": "a", "action": action}
+    if params:
+        step["params"] = params
+    return {"steps": [step]}
+
+
 BAD_PLAYBOOKS = [
     ("no steps", {"steps": []}, "should have at least 1 items"),
     ("steps missing", {"steps": REMOVE}, "spec.steps: Required value"),
@@ -176,6 +183,26 @@ BAD_PLAYBOOKS = [
      "empty for Exists and DoesNotExist"),
     ("unknown severity to match", {"match.severity": "bad"}, 'Unsupported value: "bad"'),
     ("misspelt field", {"stpes": []}, 'unknown field "spec.stpes"'),
+    # Every step's params, checked at apply time (they once failed only at the first
+    # incident, or were silently misread).
+    ("scope cluster", _step("isolateNetwork", scope="cluster"), 'Unsupported value: "cluster"'),
+    ("negative replicas", _step("scaleDown", replicas=-1),
+     "params.replicas in body should be greater than or equal to 0"),
+    ("replicas as a word", _step("scaleDown", replicas="zero"),
+     "params.replicas in body must be of type integer"),
+    ("unknown param", _step("isolateNetwork", bogus=1),
+     'unknown field "spec.steps[0].params.bogus"'),
+    ("dnsSelector as a list", _step("isolateNetwork", dnsSelector=["k8s-app=kube-dns"]),
+     "params.dnsSelector in body must be of type object"),
+    ("forensicsNamespace not a name", _step("isolateNetwork", forensicsNamespace="Not_A_Namespace!"),
+     "params.forensicsNamespace in body should match"),
+    ("allowDNS as a string", _step("isolateNetwork", allowDNS="no"),
+     "params.allowDNS in body must be of type boolean"),
+    ("detach as a string", _step("isolateNetwork", detach="yes"),
+     "params.detach in body must be of type boolean"),
+    ("a param of another action", _step("isolateNetwork", replicas=0),
+     "params.replicas applies only to scaleDown"),
+    ("label without labels", _step("label"), "a label step needs params.labels"),
 ]
 
 BAD_INCIDENTS = [
@@ -238,6 +265,11 @@ def test_kubectl_explain_shows_the_field_descriptions(cluster: LocalCluster) -> 
     assert "Namespace of the target; empty for a Node." in text
     assert "Name of the target object." in text
 
+    params = run_kubectl(cluster, "explain", "responseplaybook.spec.steps.params").stdout
+    for name, field in api.StepParams.model_fields.items():
+        assert f"{field.alias or name}\t<" in params, name
+    assert "scaleDown: the replica count to scale to (default 0)." in params
+
 
 @pytest.mark.usefixtures("crds")
 def test_kubectl_get_prints_the_columns(cluster: LocalCluster, namespace: str) -> None:
@@ -253,7 +285,8 @@ def test_kubectl_get_prints_the_columns(cluster: LocalCluster, namespace: str) -
     row = cluster.kubectl("get", "si", "shell", "-n", namespace, "--no-headers").split()
     assert row[:6] == ["shell", "Containing", "critical", "web-1", "contain", "2"]
 
-    assert header(cluster, namespace, "rpb") == ["NAME", "MODE", "PRIORITY", "STEPS", "AGE"]
+    assert header(cluster, namespace, "rpb") == [
+        "NAME", "MODE", "PRIORITY", "STEPS", "READY", "AGE"]
     row = cluster.kubectl("get", "rpb", "contain", "-n", namespace, "--no-headers").split()
     # The API server prints one value per column: the first step's name, not every one.
     assert row[:4] == ["contain", "enforce", "0", "quarantine"]

@@ -11,6 +11,7 @@ format, bound or default, or a description that drifted from the model's.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from firebreak import api
+from firebreak.actions import registry
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 PLAYBOOK_CRD = f"{api.PLAYBOOK_PLURAL}.{api.GROUP}.yaml"
@@ -26,7 +28,7 @@ INCIDENT_CRD = f"{api.INCIDENT_PLURAL}.{api.GROUP}.yaml"
 
 # Which model describes each top-level part of each custom resource.
 MODELS: dict[str, dict[str, type[BaseModel]]] = {
-    PLAYBOOK_CRD: {"spec": api.ResponsePlaybookSpec},
+    PLAYBOOK_CRD: {"spec": api.ResponsePlaybookSpec, "status": api.ResponsePlaybookStatus},
     INCIDENT_CRD: {"spec": api.SecurityIncidentSpec, "status": api.SecurityIncidentStatus},
 }
 
@@ -239,6 +241,7 @@ def test_crd_names_scope_and_version(file_name: str, kind: str, plural: str,
         "Mode": ("string", ".spec.mode"),
         "Priority": ("integer", ".spec.priority"),
         "Steps": ("string", ".spec.steps[*].name"),
+        "Ready": ("string", '.status.conditions[?(@.type=="Ready")].status'),
         "Age": ("date", ".metadata.creationTimestamp"),
     }),
     (INCIDENT_CRD, {
@@ -304,3 +307,45 @@ def test_a_changed_default_is_reported() -> None:
     crd_spec["properties"]["approval"]["properties"]["timeoutSeconds"]["default"] = 60
     found = differences(json_schema, crd_spec, "spec", json_schema["$defs"])
     assert found == ["spec.approval.timeoutSeconds: default 60 in the CRD, 3600 in the model"]
+
+
+# --- step params: the CRD's rules, api.PARAMS_OF and each action's own model agree ------
+
+
+def _step_rules() -> dict[str, set[str]]:
+    """params field -> the actions the CRD's rule lets it appear with."""
+    step = crd_schema(PLAYBOOK_CRD)["properties"]["spec"]["properties"]["steps"]["items"]
+    owners: dict[str, set[str]] = {}
+    for rule in step["x-kubernetes-validations"]:
+        match = re.fullmatch(r"!has\(self\.params\) \|\| !has\(self\.params\.(\w+)\) \|\| "
+                             r"self\.action (?:== '(\w+)'|in \[([^\]]+)\])", rule["rule"])
+        if match:
+            field, one, many = match.groups()
+            owners[field] = {one} if one else {a.strip(" '") for a in many.split(",")}
+    return owners
+
+
+def _field_schemas(model: type[BaseModel]) -> dict[str, Schema]:
+    schema = model_schema(model)
+    return {name: resolve(node, schema.get("$defs", {}))
+            for name, node in schema["properties"].items()}
+
+
+def test_every_param_names_the_actions_it_applies_to_in_the_crd() -> None:
+    expected: dict[str, set[str]] = {}
+    for action, fields in api.PARAMS_OF.items():
+        for field in fields:
+            expected.setdefault(field, set()).add(action.value)
+    assert _step_rules() == expected
+    assert set(expected) == set(_field_schemas(api.StepParams))
+
+
+@pytest.mark.parametrize("action", list(api.ActionName))
+def test_each_actions_params_model_takes_what_the_api_says(action: api.ActionName) -> None:
+    own = _field_schemas(registry()[action].params_model)
+    assert set(own) == api.PARAMS_OF[action]
+    shared = _field_schemas(api.StepParams)
+    for name, node in own.items():
+        for word in ("type", "enum", "minimum", "maximum", "minLength"):
+            assert node.get(word) == shared[name].get(word), (action, name, word)
+

@@ -6,10 +6,16 @@ import dataclasses
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from firebreak.actions import registry
-from firebreak.api import ActionName, ResponsePlaybookSpec, SecurityIncidentSpec
+from firebreak.api import (
+    ActionName,
+    OnFailure,
+    PlaybookStep,
+    ResponsePlaybookSpec,
+    SecurityIncidentSpec,
+)
 from firebreak.planning import PlanError, PlannedStep, plan
 
 ACTIONS = registry()
@@ -53,9 +59,6 @@ def test_plan_keeps_order_params_and_failure_policy() -> None:
     (NODE, [{"name": "a", "action": "scaleDown"}], "cannot act on a Node"),
     (POD, [{"name": "a", "action": "snapshot"}, {"name": "a", "action": "label",
                                                   "params": {"labels": {"x": "y"}}}], "used twice"),
-    (POD, [{"name": "a", "action": "scaleDown", "params": {"replicas": -1}}], "replicas"),
-    (POD, [{"name": "a", "action": "isolateNetwork", "params": {"scope": "galaxy"}}], "scope"),
-    (POD, [{"name": "a", "action": "isolateNetwork", "params": {"bogus": 1}}], "bogus"),
 ])
 def test_plan_errors_name_the_problem(target: dict[str, Any] | None,
                                       playbook_steps: list[dict[str, Any]], problem: str) -> None:
@@ -87,6 +90,22 @@ def check_with_model(action: ActionName, params: Any) -> None:
     _Params.model_validate(dict(params))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Unchecked:
+    """Params as a stored plan could hold them, past the playbook's own validation."""
+
+    params: dict[str, Any]
+
+    def to_api(self) -> dict[str, Any]:
+        return self.params
+
+
+def unchecked_step(name: str, action: ActionName, params: dict[str, Any]) -> ResponsePlaybookSpec:
+    step = PlaybookStep.model_construct(name=name, action=action, params=_Unchecked(params),
+                                        on_failure=OnFailure.abort)
+    return ResponsePlaybookSpec.model_construct(steps=[step])
+
+
 @pytest.mark.parametrize(("params", "message"), [
     ({"replicas": "many"}, "step 's' (scaleDown): replicas: Input should be a valid integer, "
                            "unable to parse string as an integer"),
@@ -101,7 +120,7 @@ def check_with_model(action: ActionName, params: Any) -> None:
 ])
 def test_parameter_errors_are_one_sentence(params: dict[str, Any], message: str) -> None:
     with pytest.raises(PlanError) as raised:
-        plan(spec(POD), steps({"name": "s", "action": "scaleDown", "params": params}), check_with_model)
+        plan(spec(POD), unchecked_step("s", ActionName.scale_down, params), check_with_model)
     assert str(raised.value) == message
 
 
@@ -116,3 +135,36 @@ def test_a_planned_step_cannot_change() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         planned.name = "b"  # type: ignore[misc]
     assert planned == PlannedStep("a", ActionName.snapshot, {}, planned.on_failure)
+
+
+# The cases a playbook once carried to the first incident: now the playbook itself is
+# invalid (as the CRD refuses it at apply time), and never reaches planning.
+@pytest.mark.parametrize(("params", "action", "problem"), [
+    ({"scope": "cluster"}, "isolateNetwork", "steps.0.params.scope"),
+    ({"replicas": -1}, "scaleDown", "steps.0.params.replicas"),
+    ({"replicas": "zero"}, "scaleDown", "steps.0.params.replicas"),
+    ({"replicas": "3"}, "scaleDown", "steps.0.params.replicas"),
+    ({"bogus": 1}, "isolateNetwork", "steps.0.params.bogus"),
+    ({"dnsSelector": ["k8s-app=kube-dns"]}, "isolateNetwork", "steps.0.params.dnsSelector"),
+    ({"forensicsNamespace": "Not_A_Namespace!"}, "isolateNetwork",
+     "steps.0.params.forensicsNamespace"),
+    ({"allowDNS": "no"}, "isolateNetwork", "steps.0.params.allowDNS"),
+    ({"detach": "yes"}, "isolateNetwork", "steps.0.params.detach"),
+    ({"replicas": 0}, "isolateNetwork", "params replicas do not apply to isolateNetwork"),
+    ({"scope": "pod"}, "cordonNode", "params scope do not apply to cordonNode"),
+    ({}, "label", "label needs params labels"),
+])
+def test_invalid_params_make_the_playbook_invalid(params: dict[str, Any], action: str,
+                                                  problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        steps({"name": "a", "action": action, "params": params})
+
+
+def test_params_shared_by_two_actions_are_accepted_by_both() -> None:
+    planned = plan(spec(POD), steps(
+        {"name": "a", "action": "isolateNetwork", "params": {"scope": "workload",
+                                                             "allowDNS": False}},
+        {"name": "b", "action": "deletePod", "params": {"scope": "workload"}},
+    ), check)
+    assert [p.params for p in planned] == [{"scope": "workload", "allowDNS": False},
+                                           {"scope": "workload"}]

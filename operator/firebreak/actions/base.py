@@ -44,9 +44,10 @@ INCIDENT_NAMESPACE_LABEL = "firebreak.dev/incident-namespace"
 
 
 class Params(BaseModel):
-    """Base of action parameters: unknown parameters are an error, not a silent no-op."""
+    """Base of action parameters: unknown parameters are an error, not a silent no-op, and
+    nothing is coerced (``"no"`` is not false, ``"3"`` is not 3)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 class NoParams(Params):
