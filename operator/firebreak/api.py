@@ -439,6 +439,9 @@ class SecurityIncidentStatus(Model):
     playbook: ObjectRef | None = Field(default=None, description="The playbook answering.")
     mode: PlaybookMode | None = Field(
         default=None, description="The mode of the playbook when it was chosen.")
+    approval: PlaybookApproval | None = Field(
+        default=None, description="The playbook's approval policy when it was chosen, fixed "
+                                  "for this response.")
     actions: list[ActionStatus] | None = Field(
         default=None, description="Every step of the playbook and its state, in order.")
     timeline: list[TimelineEntry] | None = Field(default=None, description="History, oldest first.")

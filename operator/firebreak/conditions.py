@@ -28,6 +28,7 @@ APPROVAL_NOT_REQUIRED = "ApprovalNotRequired"
 AWAITING_APPROVAL = "AwaitingApproval"
 APPROVED_BY_PERSON = "ApprovedByPerson"
 REJECTED_BY_PERSON = "RejectedByPerson"
+PLAYBOOK_DELETED = "PlaybookDeleted"
 APPROVAL_TIMED_OUT = "ApprovalTimedOut"
 APPROVED_ON_TIMEOUT = "ApprovedOnTimeout"
 NOT_STARTED = "NotStarted"
@@ -41,7 +42,8 @@ REVERTED = "Reverted"
 REVERT_FAILED = "RevertFailed"
 
 # Reasons after which nothing will run: the incident ends without containment.
-SUPPRESSING = {NO_MATCHING_PLAYBOOK, REJECTED_BY_PERSON, APPROVAL_TIMED_OUT, DRY_RUN}
+SUPPRESSING = {NO_MATCHING_PLAYBOOK, REJECTED_BY_PERSON, APPROVAL_TIMED_OUT, DRY_RUN,
+               PLAYBOOK_DELETED}
 
 
 def find(conditions: Sequence[Condition] | None, type_: str) -> Condition | None:

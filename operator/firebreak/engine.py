@@ -17,6 +17,7 @@ the delay. Permanent ones are written to status with the API server's message.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 
 TIMELINE_LIMIT = 100
 APPROVAL_POLL_SECONDS = 10.0
+RELEASE_RETRY_SECONDS = 60.0
+# Set (to any value) on an incident being deleted whose revert failed for good: the
+# finalizer goes without that revert, deliberately, and the timeline says so.
+ABANDON_REVERT = f"{GROUP}/abandon-revert"
 DONE = {StepState.applied, StepState.refused, StepState.failed, StepState.skipped,
         StepState.planned}
 # States in which a step may have changed something. A step that failed while applying
@@ -107,12 +112,32 @@ class Engine:
             raise RetryLater(f"API server busy or unreachable: {exc}", delay=5.0) from exc
 
     def release(self, namespace: str, name: str, body: dict[str, Any]) -> None:
-        """The incident is being deleted: undo what it applied (nothing else records it)."""
+        """The incident is being deleted: undo what it applied (nothing else records it).
+
+        A revert that fails for good keeps the finalizer, and the incident with it: it is
+        the only record of what is still applied (a cordon, a quarantine). The failure is
+        written to status and retried every minute; annotating the incident with
+        ``firebreak.dev/abandon-revert`` lets it go without that revert."""
         run = Run(self, self.read(namespace, name) or body)
         try:
-            run.revert_all(reason="the incident was deleted", persist=False)
+            failed = run.revert_all(reason="the incident was deleted", persist=False)
         except TemporaryApiError as exc:
             raise RetryLater(f"API server busy or unreachable: {exc}", delay=5.0) from exc
+        if not failed:
+            return
+        annotations = run.body["metadata"].get("annotations") or {}
+        if ABANDON_REVERT in annotations:
+            log.warning("%s/%s: deleted without reverting %s (%s is set)", namespace, name,
+                        ", ".join(failed), ABANDON_REVERT)
+            run.note("RevertAbandoned", f"deleted without reverting {', '.join(failed)}: "
+                                        f"{ABANDON_REVERT} is set", warning=True)
+            return
+        # The status is a courtesy here; the finalizer is what holds.
+        with contextlib.suppress(NotFound, TemporaryApiError):
+            run.persist()
+        raise RetryLater(
+            f"could not revert {', '.join(failed)}; the incident stays until they are "
+            f"reverted or it is annotated {ABANDON_REVERT}=true", delay=RELEASE_RETRY_SECONDS)
 
 
 class Run:
@@ -135,6 +160,7 @@ class Run:
         self.timeline = list(self.status.timeline or [])
         self.playbook = self.status.playbook
         self.mode = self.status.mode
+        self.approval = self.status.approval
         self.time_to_contain = self.status.time_to_contain_seconds
         self._persisted = self._status_patch()
 
@@ -165,6 +191,7 @@ class Run:
             conditions=self.conditions or None,
             playbook=self.playbook,
             mode=self.mode,
+            approval=self.approval,
             actions=self.steps or None,
             timeline=self.timeline or None,
             time_to_contain_seconds=self.time_to_contain,
@@ -224,6 +251,9 @@ class Run:
             return
         self.playbook = ObjectRef(name=chosen.name, namespace=chosen.namespace)
         self.mode = chosen.spec.mode
+        # Fixed with the plan: a playbook edited while a person decides does not change
+        # how long they have, or what happens when nobody does.
+        self.approval = chosen.spec.approval
         self.steps = [
             ActionStatus(step=s.name, action=s.action, state=StepState.pending,
                          params=s.params or None, on_failure=s.on_failure)
@@ -288,14 +318,16 @@ class Run:
                 return True
             self._end_unapproved(c.REJECTED_BY_PERSON, f"rejected{who}{why}")
             return False
-        playbook = next((p for p in playbooks if self.playbook is not None
-                         and p.name == self.playbook.name
-                         and p.namespace == self.playbook.namespace), None)
-        if playbook is None:
-            self._end_unapproved(c.REJECTED_BY_PERSON,
-                                 "the playbook was deleted while awaiting approval")
-            return False
-        policy = playbook.spec.approval
+        policy = self.approval
+        if policy is None:  # triaged by a release that did not record it: read it live
+            playbook = next((p for p in playbooks if self.playbook is not None
+                             and p.name == self.playbook.name
+                             and p.namespace == self.playbook.namespace), None)
+            if playbook is None:
+                self._end_unapproved(c.PLAYBOOK_DELETED,
+                                     "the playbook was deleted while awaiting approval")
+                return False
+            policy = playbook.spec.approval
         deadline = approved.last_transition_time + dt.timedelta(seconds=policy.timeout_seconds)
         remaining = (deadline - self.now).total_seconds()
         if remaining > 0:
@@ -466,7 +498,8 @@ class Run:
             self.note("ResolutionRequested", f"resolved{by}: {resolution.reason}")
         self.revert_all(reason=resolution.reason, persist=True)
 
-    def revert_all(self, reason: str, persist: bool) -> None:
+    def revert_all(self, reason: str, persist: bool) -> list[str]:
+        """Revert every undoable step, last first; the names of those that failed."""
         def save() -> None:
             if persist:
                 self.persist()
@@ -507,6 +540,7 @@ class Run:
             self.condition(c.RESOLVED, ConditionStatus.true, c.REVERTED, message)
             self.note(c.REVERTED, message)
         save()
+        return failed
 
 
 _STATUS_ALIASES = {f.alias for f in SecurityIncidentStatus.model_fields.values() if f.alias}

@@ -163,15 +163,51 @@ def test_approval_timeout(api: Recorder, engine: Engine, clock: Clock, on_timeou
     assert states(api) == {"isolate": state}
 
 
-def test_a_playbook_deleted_while_awaiting_approval_runs_nothing(
+def test_the_approval_policy_is_fixed_at_triage(
+        api: Recorder, engine: Engine, clock: Clock) -> None:
+    add_incident(api)
+    with pytest.raises(RetryLater):
+        engine.reconcile(NS, "miner", manual("reject"))
+    assert status(api)["approval"] == {"policy": "manual", "timeoutSeconds": 600,
+                                       "onTimeout": "reject"}
+    # The playbook is edited while a person decides: a shorter timeout that approves.
+    edited = [playbook("careful", ISOLATE, approval={"policy": "manual", "timeoutSeconds": 60,
+                                                     "onTimeout": "approve"})]
+    clock.advance(120)
+    with pytest.raises(RetryLater):
+        engine.reconcile(NS, "miner", edited)
+    clock.advance(480)
+    engine.reconcile(NS, "miner", edited)
+    assert condition(api, "Approved")["reason"] == "ApprovalTimedOut"
+    assert states(api) == {"isolate": "Skipped"}
+
+
+def test_a_playbook_deleted_while_awaiting_approval_leaves_the_response_as_planned(
         api: Recorder, engine: Engine) -> None:
     add_incident(api)
     with pytest.raises(RetryLater):
         engine.reconcile(NS, "miner", manual())
+    with pytest.raises(RetryLater):
+        engine.reconcile(NS, "miner", [])
+    api.objects[("securityincidents", NS, "miner")]["spec"]["approval"] = {
+        "decision": "approve", "by": "alice"}
     engine.reconcile(NS, "miner", [])
-    assert condition(api, "Approved")["message"] == \
-        "the playbook was deleted while awaiting approval"
+    assert states(api) == {"isolate": "Applied"}
+
+
+def test_a_playbook_deleted_before_an_older_record_named_its_policy_has_its_own_reason(
+        api: Recorder, engine: Engine) -> None:
+    add_incident(api)
+    with pytest.raises(RetryLater):
+        engine.reconcile(NS, "miner", manual())
+    # As an incident triaged by release 0.1.0 stored it: no approval policy in status.
+    del api.objects[("securityincidents", NS, "miner")]["status"]["approval"]
+    engine.reconcile(NS, "miner", [])
+    approved = condition(api, "Approved")
+    assert (approved["reason"], approved["message"]) == (
+        "PlaybookDeleted", "the playbook was deleted while awaiting approval")
     assert states(api) == {"isolate": "Skipped"}
+    assert status(api)["phase"] == "Suppressed"
 
 
 def test_conditions_move_their_transition_time_only_when_the_status_flips(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from firebreak.config import OperatorConfig
-from firebreak.engine import Engine
+from firebreak.engine import Engine, RetryLater
 from tests.engine.recorder import Recorder
 from tests.engine.world import (
     NS,
@@ -293,6 +293,29 @@ def test_deletion_releases_what_was_applied_without_writing_status(
     ]
     assert all(w.resource != "securityincidents" for w in api.writes[before:])
     assert api.get("deployments", NS, "web")["spec"]["replicas"] == 3  # type: ignore[index]
+
+
+def test_a_revert_failing_for_good_on_deletion_keeps_the_finalizer_until_let_go(
+        api: Recorder, engine: Engine) -> None:
+    add_incident(api)
+    book = playbook("contain", ISOLATE, CORDON)
+    engine.reconcile(NS, "miner", [book])
+    api.fail("patch", "nodes", 403, 'nodes "node-a" is forbidden')
+
+    with pytest.raises(RetryLater, match="could not revert cordon; the incident stays") as held:
+        engine.release(NS, "miner", incident(api))
+
+    assert held.value.delay == 60
+    assert states(api) == {"isolate": "Reverted", "cordon": "RevertFailed"}
+    assert condition(api, "Resolved")["reason"] == "RevertFailed"
+    assert api.get("nodes", None, "node-a")["spec"]["unschedulable"] is True  # type: ignore[index]
+
+    # A person decides to let go of the cordon's record: the next try releases it.
+    api.objects[("securityincidents", NS, "miner")]["metadata"]["annotations"] = {
+        "firebreak.dev/abandon-revert": "true"}
+    engine.release(NS, "miner", incident(api))
+    reasons = [e["reason"] for e in api.all("events", NS)]
+    assert reasons[-1] == "RevertAbandoned"
 
 
 def test_reconcile_ignores_an_incident_being_deleted(api: Recorder, engine: Engine) -> None:
