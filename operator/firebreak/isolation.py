@@ -1,0 +1,301 @@
+"""What a quarantined pod can still send and receive, decided from NetworkPolicies.
+
+NetworkPolicies are additive: a pod's ingress is the union of what every policy
+selecting it for ingress allows (and the same for egress), and a pod that no policy
+selects in a direction is open in that direction. A quarantine that is only one
+more deny policy is therefore opened by any other policy that allows the pod. This
+module is the judge, as pure functions over the objects the operator can see:
+
+- ``excess`` lists every flow the policies selecting a quarantined pod allow beyond
+  the quarantine's declared allowances (ingress from a forensics namespace; DNS on
+  port 53 to pods labelled like the cluster DNS). An empty list is what
+  ``Contained`` means.
+- ``with_exclusion`` / ``without_exclusion`` add and remove the term that takes
+  quarantined pods out of another policy's ``podSelector``, and nothing else.
+
+Peers are judged against the pods that exist now (``pods_in`` answers per
+namespace), except where a rule opens to whole namespaces, address blocks, or
+anything: those are judged by what they could let in, not by who is there today.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .selectors import selects
+
+QUARANTINE_PREFIX = "quarantine.firebreak.dev/"
+DNS_PORTS = frozenset({("UDP", 53), ("TCP", 53)})
+Direction = Literal["ingress", "egress"]
+DIRECTIONS: tuple[Direction, ...] = ("ingress", "egress")
+Obj = Mapping[str, Any]
+
+
+def quarantine_label(key: str) -> str:
+    """The label that puts a pod in one incident's quarantine (value ``"true"``)."""
+    return f"{QUARANTINE_PREFIX}{key}"
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What policies see of a pod: where it is, its labels, its named ports."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    named_ports: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    host_network: bool = False
+
+    @classmethod
+    def of(cls, pod: Obj) -> PodView:
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        ports = {
+            p["name"]: (p.get("protocol") or "TCP", int(p["containerPort"]))
+            for c in spec.get("containers") or () for p in c.get("ports") or ()
+            if p.get("name") and p.get("containerPort") is not None
+        }
+        return cls(namespace=meta["namespace"], name=meta["name"],
+                   labels=dict(meta.get("labels") or {}), named_ports=ports,
+                   host_network=bool(spec.get("hostNetwork")))
+
+
+@dataclass(frozen=True)
+class Allowances:
+    """What a quarantine lets through on purpose."""
+
+    forensics_namespace: str | None = None
+    dns_namespace: str | None = None
+    dns_selector: Mapping[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        parts = []
+        if self.forensics_namespace:
+            parts.append(f"ingress from namespace {self.forensics_namespace}")
+        if self.dns_namespace is not None:
+            parts.append(f"DNS to {self.dns_namespace} pods {_labels(self.dns_selector)}")
+        return " and ".join(parts) or "nothing"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A flow the quarantine does not intend, and the policy that allows it."""
+
+    pod: str
+    direction: Direction
+    policy: str | None  # None: no policy selects the pod in this direction
+    flow: str
+
+    def __str__(self) -> str:
+        by = f"NetworkPolicy {self.policy}" if self.policy else "no NetworkPolicy"
+        return f"{self.pod}: {self.flow} ({by})"
+
+
+@dataclass(frozen=True)
+class World:
+    """The namespaces (name -> labels) and the pods per namespace the operator sees."""
+
+    namespaces: Mapping[str, Mapping[str, str]]
+    pods_in: Callable[[str], Sequence[PodView]]
+
+
+# --- which policies apply ------------------------------------------------------------------
+
+
+def policy_types(policy: Obj) -> set[str]:
+    spec = policy.get("spec") or {}
+    declared = spec.get("policyTypes")
+    if declared:
+        return set(declared)
+    # The API server defaults it so; kept for objects that were never stored.
+    return {"Ingress", *(("Egress",) if "egress" in spec else ())}
+
+
+def selects_pod(policy: Obj, pod: PodView, direction: Direction) -> bool:
+    meta, spec = policy["metadata"], policy.get("spec") or {}
+    return (meta.get("namespace") == pod.namespace
+            and direction.capitalize() in policy_types(policy)
+            and selects(spec.get("podSelector") or {}, pod.labels))
+
+
+def is_quarantine_policy(policy: Obj) -> bool:
+    """A policy selecting pods by a quarantine label: this or another incident's own.
+    Never given an exclusion term (two quarantines excluding each other would leave
+    a pod that both hold in neither); their rules are judged like any other's."""
+    selector = (policy.get("spec") or {}).get("podSelector") or {}
+    return any(k.startswith(QUARANTINE_PREFIX) for k in selector.get("matchLabels") or {})
+
+
+# --- judging rules -------------------------------------------------------------------------
+
+
+def _labels(selector: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or "(all)"
+
+
+def _peer_namespaces(peer: Obj, policy_namespace: str, world: World) -> list[str] | None:
+    """The namespaces a peer reaches into; None when it is not namespace-bound (ipBlock)."""
+    if "ipBlock" in peer:
+        return None
+    ns_selector = peer.get("namespaceSelector")
+    if ns_selector is None:
+        return [policy_namespace]
+    return sorted(n for n, labels in world.namespaces.items() if selects(ns_selector, labels))
+
+
+def _peer_pods(peer: Obj, namespace: str, world: World) -> list[PodView]:
+    return [p for p in world.pods_in(namespace)
+            if selects(peer.get("podSelector") or {}, p.labels)]
+
+
+def _ports_within_dns(ports: Sequence[Obj], destinations: Iterable[PodView]) -> bool:
+    """Whether every port entry allows nothing but UDP/TCP 53 on these destinations."""
+    if not ports:
+        return False  # every port
+    for entry in ports:
+        protocol = entry.get("protocol") or "TCP"
+        port = entry.get("port")
+        if port is None:
+            return False  # every port of the protocol
+        if isinstance(port, str) and not port.isdigit():
+            for pod in destinations:
+                resolved = pod.named_ports.get(port)
+                if resolved is not None and resolved != (protocol, 53):
+                    return False
+            continue
+        if (protocol, int(port)) not in DNS_PORTS or entry.get("endPort") not in (None, int(port)):
+            return False
+    return True
+
+
+def _describe_rule(rule: Obj, direction: Direction, policy_namespace: str) -> str:
+    peers = rule.get("from" if direction == "ingress" else "to") or []
+    texts = []
+    for peer in peers:
+        if "ipBlock" in peer:
+            block = peer["ipBlock"]
+            excepted = f" except {', '.join(block['except'])}" if block.get("except") else ""
+            texts.append(f"{block.get('cidr')}{excepted}")
+            continue
+        ns = peer.get("namespaceSelector")
+        pod = peer.get("podSelector")
+        where = (f"namespace {policy_namespace}" if ns is None
+                 else "every namespace" if not ns else f"namespaces {_selector_text(ns)}")
+        texts.append(f"{'pods ' + _selector_text(pod) if pod else 'every pod'} in {where}")
+    who = "; ".join(texts) or "anywhere"
+    ports = rule.get("ports") or []
+    port_text = ", ".join(
+        f"{p.get('protocol') or 'TCP'} {p.get('port', 'every port')}"
+        + (f"-{p['endPort']}" if p.get("endPort") else "") for p in ports) or "every port"
+    arrow = "from" if direction == "ingress" else "to"
+    return f"{direction} {arrow} {who} on {port_text}"
+
+
+def _selector_text(selector: Obj) -> str:
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    parts += [f"{r['key']} {r['operator']} {','.join(r.get('values') or ())}".rstrip()
+              for r in selector.get("matchExpressions") or ()]
+    return ",".join(parts) or "(all)"
+
+
+def rule_within(rule: Obj, direction: Direction, policy_namespace: str,
+                allowances: Allowances, world: World) -> bool:
+    """Whether a rule allows nothing beyond the allowances (judged over ``world``)."""
+    peers = rule.get("from" if direction == "ingress" else "to") or []
+    if not peers:
+        return False  # from or to anything, including outside the cluster
+    if direction == "ingress":
+        for peer in peers:
+            namespaces = _peer_namespaces(peer, policy_namespace, world)
+            if namespaces is None:
+                return False
+            for namespace in namespaces:
+                if namespace == allowances.forensics_namespace:
+                    continue  # every pod there may reach the quarantined pod, on any port
+                if "podSelector" not in peer or _peer_pods(peer, namespace, world):
+                    return False
+        return True
+    destinations: list[PodView] = []
+    for peer in peers:
+        namespaces = _peer_namespaces(peer, policy_namespace, world)
+        if namespaces is None:
+            return False
+        for namespace in namespaces:
+            pods = _peer_pods(peer, namespace, world)
+            if namespace != allowances.dns_namespace:
+                if "podSelector" not in peer or pods:
+                    return False
+                continue
+            if any(not selects({"matchLabels": dict(allowances.dns_selector)}, p.labels)
+                   for p in pods):
+                return False
+            if "podSelector" not in peer and not pods:
+                return False  # a whole namespace, with no pod yet to judge it by
+            destinations += pods
+    return _ports_within_dns(rule.get("ports") or [], destinations)
+
+
+def excess(pod: PodView, policies: Sequence[Obj], own_policy: str, allowances: Allowances,
+           world: World) -> list[Finding]:
+    """Every flow the policies allow this quarantined pod beyond its allowances; empty
+    when the quarantine holds."""
+    if pod.host_network:
+        return [Finding(pod.name, d, None, f"{d}: the pod is on the host's network, where "
+                        "no NetworkPolicy applies") for d in DIRECTIONS]
+    findings = []
+    for direction in DIRECTIONS:
+        selecting = [p for p in policies if selects_pod(p, pod, direction)]
+        names = {p["metadata"]["name"] for p in selecting}
+        if own_policy not in names:
+            findings.append(Finding(pod.name, direction, None,
+                                    f"all {direction}: the quarantine policy {own_policy} "
+                                    f"does not select the pod"))
+            continue
+        for policy in selecting:
+            name = policy["metadata"]["name"]
+            namespace = policy["metadata"]["namespace"]
+            for rule in (policy.get("spec") or {}).get(direction) or []:
+                if not rule_within(rule, direction, namespace, allowances, world):
+                    findings.append(Finding(pod.name, direction, name,
+                                            _describe_rule(rule, direction, namespace)))
+    return findings
+
+
+# --- the exclusion term ----------------------------------------------------------------------
+
+
+def exclusion_term(key: str) -> dict[str, str]:
+    return {"key": quarantine_label(key), "operator": "DoesNotExist"}
+
+
+def has_exclusion(policy: Obj, key: str) -> bool:
+    selector = (policy.get("spec") or {}).get("podSelector") or {}
+    return exclusion_term(key) in (selector.get("matchExpressions") or [])
+
+
+def with_exclusion(selector: Obj, key: str) -> dict[str, Any]:
+    """The selector, no longer selecting pods that carry the quarantine label."""
+    expressions = list(selector.get("matchExpressions") or [])
+    if exclusion_term(key) not in expressions:
+        expressions.append(exclusion_term(key))
+    return {**selector, "matchExpressions": expressions}
+
+
+def without_exclusion(selector: Obj, key: str) -> dict[str, Any]:
+    """The selector with this quarantine's term removed, and nothing else changed."""
+    expressions = [e for e in selector.get("matchExpressions") or [] if e != exclusion_term(key)]
+    updated = {k: v for k, v in selector.items() if k != "matchExpressions"}
+    if expressions:
+        updated["matchExpressions"] = expressions
+    return updated
+
+
+def to_exclude(findings: Iterable[Finding], policies: Sequence[Obj], own_policy: str
+               ) -> list[str]:
+    """The policies whose rules defeat the quarantine and may be given the exclusion
+    term: not the quarantine's own, not another quarantine's."""
+    by_name = {p["metadata"]["name"]: p for p in policies}
+    names = {f.policy for f in findings if f.policy not in (None, own_policy)}
+    return sorted(n for n in names if n is not None and n in by_name
+                  and not is_quarantine_policy(by_name[n]))

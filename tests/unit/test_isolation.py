@@ -1,0 +1,224 @@
+"""The quarantine's judge: which flows the NetworkPolicies selecting a quarantined pod
+allow beyond its allowances, and the exclusion term that takes the pod out of
+another policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from firebreak.isolation import (
+    Allowances,
+    PodView,
+    World,
+    excess,
+    exclusion_term,
+    has_exclusion,
+    is_quarantine_policy,
+    quarantine_label,
+    to_exclude,
+    with_exclusion,
+    without_exclusion,
+)
+from firebreak.selectors import selects
+
+NS = "shop"
+KEY = "miner"
+OWN = "firebreak-quarantine-miner"
+TARGET = PodView(NS, "web-1", {"app": "web", "tier": "front", quarantine_label(KEY): "true"},
+                 named_ports={"http": ("TCP", 8080)})
+DNS_POD = PodView("kube-system", "coredns-1", {"k8s-app": "kube-dns"},
+                  named_ports={"dns": ("UDP", 53), "dns-tcp": ("TCP", 53), "metrics": ("TCP", 9153)})
+OTHER_KS_POD = PodView("kube-system", "metrics-server", {"k8s-app": "metrics-server"})
+WORLD = World(
+    namespaces={NS: {"kubernetes.io/metadata.name": NS, "team": "shop"},
+                "forensics": {"kubernetes.io/metadata.name": "forensics"},
+                "kube-system": {"kubernetes.io/metadata.name": "kube-system"},
+                "monitoring": {"kubernetes.io/metadata.name": "monitoring", "team": "ops"},
+                "empty": {"kubernetes.io/metadata.name": "empty"}},
+    pods_in=lambda ns: {
+        NS: [TARGET, PodView(NS, "db-1", {"app": "db"})],
+        "kube-system": [DNS_POD, OTHER_KS_POD],
+        "monitoring": [PodView("monitoring", "prometheus-0", {"app": "prometheus"})],
+        "forensics": [PodView("forensics", "kit", {"app": "kit"})],
+    }.get(ns, []),
+)
+ALLOW = Allowances(forensics_namespace="forensics", dns_namespace="kube-system",
+                   dns_selector={"k8s-app": "kube-dns"})
+DNS_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+DNS_PORTS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+
+
+def policy(name: str, selector: dict[str, Any] | None = None, *, types: list[str] | None = None,
+           ingress: list[dict[str, Any]] | None = None, egress: list[dict[str, Any]] | None = None,
+           namespace: str = NS) -> dict[str, Any]:
+    spec: dict[str, Any] = {"podSelector": selector if selector is not None else {}}
+    if types is not None:
+        spec["policyTypes"] = types
+    if ingress is not None:
+        spec["ingress"] = ingress
+    if egress is not None:
+        spec["egress"] = egress
+    return {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+OWN_POLICY = policy(OWN, {"matchLabels": {quarantine_label(KEY): "true"}},
+                    types=["Ingress", "Egress"],
+                    ingress=[{"from": [{"namespaceSelector": {"matchLabels": {
+                        "kubernetes.io/metadata.name": "forensics"}}}]}],
+                    egress=[{"to": [DNS_PEER], "ports": DNS_PORTS}])
+
+
+def flows(*others: dict[str, Any], pod: PodView = TARGET, allow: Allowances = ALLOW
+          ) -> list[tuple[str, str | None]]:
+    return [(f.direction, f.policy) for f in excess(pod, [OWN_POLICY, *others], OWN, allow, WORLD)]
+
+
+def test_the_quarantine_alone_holds() -> None:
+    assert flows() == []
+
+
+def test_a_pod_the_quarantine_policy_does_not_select_is_open_both_ways() -> None:
+    unlabelled = PodView(NS, "web-1", {"app": "web"})
+    found = excess(unlabelled, [OWN_POLICY], OWN, ALLOW, WORLD)
+    assert [(f.direction, f.policy) for f in found] == [("ingress", None), ("egress", None)]
+    assert "does not select the pod" in str(found[0])
+
+
+def test_a_host_network_pod_cannot_be_isolated() -> None:
+    host = PodView(NS, "web-1", TARGET.labels, host_network=True)
+    found = excess(host, [OWN_POLICY], OWN, ALLOW, WORLD)
+    assert len(found) == 2 and all("host's network" in str(f) for f in found)
+
+
+@pytest.mark.parametrize(("other", "expected"), [
+    # allow-all ingress on the namespace: the classic legacy policy
+    (policy("allow-all", {}, types=["Ingress"], ingress=[{}]), [("ingress", "allow-all")]),
+    # a default deny allows nothing: no finding, nothing to exclude
+    (policy("default-deny", {}, types=["Ingress", "Egress"]), []),
+    # Ingress-only policy with egress rules is not an egress policy
+    (policy("ingress-only", {}, types=["Ingress"], egress=[{}]), []),
+    # policyTypes absent: Egress counts only when the policy has an egress section
+    (policy("implicit-egress", {}, egress=[{}]), [("egress", "implicit-egress")]),
+    (policy("implicit-ingress", {}, ingress=[{}]), [("ingress", "implicit-ingress")]),
+    # tier rule: front may be reached by every pod of the namespace
+    (policy("front", {"matchLabels": {"tier": "front"}}, types=["Ingress"],
+            ingress=[{"from": [{"podSelector": {}}]}]), [("ingress", "front")]),
+    # a rule that selects other pods does not apply to the target
+    (policy("db", {"matchLabels": {"app": "db"}}, types=["Ingress"], ingress=[{}]), []),
+    # matchExpressions In / NotIn deciding whether the target is selected
+    (policy("expr-in", {"matchExpressions": [{"key": "app", "operator": "In",
+                                              "values": ["web", "api"]}]},
+            types=["Ingress"], ingress=[{}]), [("ingress", "expr-in")]),
+    (policy("expr-notin", {"matchExpressions": [{"key": "app", "operator": "NotIn",
+                                                 "values": ["web"]}]},
+            types=["Ingress"], ingress=[{}]), []),
+    # monitoring scrape: namespaceSelector alone opens to every pod of those namespaces
+    (policy("scrape", {}, types=["Ingress"], ingress=[{"from": [{"namespaceSelector": {
+        "matchLabels": {"team": "ops"}}}], "ports": [{"port": "http"}]}]),
+     [("ingress", "scrape")]),
+    # namespaceSelector with podSelector, matching a pod that exists
+    (policy("from-prom", {}, types=["Ingress"], ingress=[{"from": [{
+        "namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "prometheus"}}}]}]),
+     [("ingress", "from-prom")]),
+    # ... and matching no pod anywhere: allows nothing today
+    (policy("from-nobody", {}, types=["Ingress"], ingress=[{"from": [{
+        "namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "ghost"}}}]}]), []),
+    # ingress from the forensics namespace only: the allowance itself
+    (policy("forensics", {}, types=["Ingress"], ingress=[{"from": [{"namespaceSelector": {
+        "matchLabels": {"kubernetes.io/metadata.name": "forensics"}}}]}]), []),
+    # an ipBlock, even one that excepts most of the world, is judged by what it can let in
+    (policy("from-net", {}, types=["Ingress"], ingress=[{"from": [{"ipBlock": {
+        "cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]}]), [("ingress", "from-net")]),
+    # egress to the internet on 443
+    (policy("egress-443", {}, types=["Egress"], egress=[{"to": [{"ipBlock": {
+        "cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]}]), [("egress", "egress-443")]),
+    # egress to the database
+    (policy("to-db", {"matchLabels": {"app": "web"}}, types=["Egress"], egress=[{
+        "to": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"port": 5432}]}]),
+     [("egress", "to-db")]),
+    # a DNS egress rule allows what the quarantine allows anyway: not a finding
+    (policy("dns", {}, types=["Egress"], egress=[{"to": [DNS_PEER], "ports": DNS_PORTS}]), []),
+    # ... with named ports that resolve to 53 on the DNS pods
+    (policy("dns-named", {}, types=["Egress"], egress=[{"to": [DNS_PEER], "ports": [
+        {"protocol": "UDP", "port": "dns"}, {"protocol": "TCP", "port": "dns-tcp"}]}]), []),
+    # ... but a named port resolving elsewhere, an endPort range, or every port is more
+    (policy("dns-metrics", {}, types=["Egress"], egress=[{"to": [DNS_PEER], "ports": [
+        {"protocol": "TCP", "port": "metrics"}]}]), [("egress", "dns-metrics")]),
+    (policy("dns-range", {}, types=["Egress"], egress=[{"to": [DNS_PEER], "ports": [
+        {"protocol": "UDP", "port": 53, "endPort": 60}]}]), [("egress", "dns-range")]),
+    (policy("dns-any-port", {}, types=["Egress"], egress=[{"to": [DNS_PEER]}]),
+     [("egress", "dns-any-port")]),
+    # port 53 anywhere is not DNS to the cluster DNS
+    (policy("port-53-anywhere", {}, types=["Egress"], egress=[{"ports": DNS_PORTS}]),
+     [("egress", "port-53-anywhere")]),
+    # the whole kube-system namespace on 53 reaches metrics-server too
+    (policy("kube-system-53", {}, types=["Egress"], egress=[{"to": [{"namespaceSelector": {
+        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}], "ports": DNS_PORTS}]),
+     [("egress", "kube-system-53")]),
+    # a policy in another namespace never selects the target
+    (policy("elsewhere", {}, types=["Ingress"], ingress=[{}], namespace="monitoring"), []),
+])
+def test_other_policies_are_judged_against_the_allowances(
+    other: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
+    assert flows(other) == expected
+
+
+def test_without_allowances_even_the_forensics_and_dns_rules_are_excess() -> None:
+    own = policy(OWN, {"matchLabels": {quarantine_label(KEY): "true"}}, types=["Ingress", "Egress"])
+    found = excess(TARGET, [own, policy("dns", {}, types=["Egress"], egress=[
+        {"to": [DNS_PEER], "ports": DNS_PORTS}])], OWN, Allowances(), WORLD)
+    assert [(f.direction, f.policy) for f in found] == [("egress", "dns")]
+
+
+def test_findings_say_which_flow_and_which_policy() -> None:
+    (finding,) = excess(TARGET, [OWN_POLICY, policy("egress-443", {}, types=["Egress"], egress=[{
+        "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}],
+        "ports": [{"port": 443}]}])], OWN, ALLOW, WORLD)
+    assert str(finding) == ("web-1: egress to 0.0.0.0/0 except 10.0.0.0/8 on TCP 443 "
+                            "(NetworkPolicy egress-443)")
+    (finding,) = excess(TARGET, [OWN_POLICY, policy("scrape", {}, types=["Ingress"], ingress=[{
+        "from": [{"namespaceSelector": {"matchLabels": {"team": "ops"}},
+                  "podSelector": {"matchLabels": {"app": "prometheus"}}}]}])], OWN, ALLOW, WORLD)
+    assert str(finding) == ("web-1: ingress from pods app=prometheus in namespaces team=ops on "
+                            "every port (NetworkPolicy scrape)")
+
+
+def test_the_exclusion_term_takes_the_quarantined_pod_out_and_revert_restores_exactly() -> None:
+    original = {"matchLabels": {"tier": "front"},
+                "matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}
+    excluded = with_exclusion(original, KEY)
+    assert excluded["matchExpressions"][-1] == exclusion_term(KEY)
+    assert not selects(excluded, TARGET.labels)
+    released = {k: v for k, v in TARGET.labels.items() if k != quarantine_label(KEY)}
+    assert selects(excluded, released), "only quarantined pods drop out"
+    assert with_exclusion(excluded, KEY) == excluded, "adding twice adds once"
+    assert without_exclusion(excluded, KEY) == original
+    assert without_exclusion({}, KEY) == {}
+    assert without_exclusion(with_exclusion({}, KEY), KEY) == {}
+    other_incident = with_exclusion(excluded, "other")
+    assert without_exclusion(other_incident, KEY) == with_exclusion(original, "other")
+    assert has_exclusion({"spec": {"podSelector": excluded}}, KEY)
+    assert not has_exclusion({"spec": {"podSelector": original}}, KEY)
+
+
+def test_once_excluded_a_policy_no_longer_defeats_the_quarantine() -> None:
+    allow_all = policy("allow-all", {}, types=["Ingress"], ingress=[{}])
+    assert flows(allow_all) == [("ingress", "allow-all")]
+    allow_all["spec"]["podSelector"] = with_exclusion(allow_all["spec"]["podSelector"], KEY)
+    assert flows(allow_all) == []
+
+
+def test_only_foreign_non_quarantine_policies_are_excluded() -> None:
+    allow_all = policy("allow-all", {}, types=["Ingress"], ingress=[{}])
+    # another incident's quarantine (or one made to look like it) is judged, not excluded
+    forged = policy("firebreak-quarantine-evil", {"matchLabels": {quarantine_label(KEY): "true"}},
+                    types=["Ingress"], ingress=[{}])
+    assert is_quarantine_policy(forged) and not is_quarantine_policy(allow_all)
+    policies = [OWN_POLICY, allow_all, forged]
+    found = excess(TARGET, policies, OWN, ALLOW, WORLD)
+    assert {f.policy for f in found} == {"allow-all", "firebreak-quarantine-evil"}
+    assert to_exclude(found, policies, OWN) == ["allow-all"]
