@@ -27,6 +27,9 @@ def _run(args: argparse.Namespace) -> int:
         # Before the client library is imported: it reads $KUBECONFIG once, at import.
         os.environ["KUBECONFIG"] = args.kubeconfig
 
+    # Kopf takes a timer's interval when the handlers are registered, at import.
+    os.environ["FIREBREAK_HOLD_INTERVAL"] = str(config.hold_interval)
+
     import kopf
 
     from . import handlers  # noqa: F401  (registers the handlers)

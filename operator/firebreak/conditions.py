@@ -16,8 +16,11 @@ from .api import Condition, ConditionStatus, Phase
 TRIAGED = "Triaged"
 APPROVED = "Approved"
 CONTAINED = "Contained"
+# Whether the quarantine holds: no traffic beyond its allowances, judged from the
+# NetworkPolicies the operator sees. Contained is True only while this is.
+ISOLATED = "Isolated"
 RESOLVED = "Resolved"
-ORDER = (TRIAGED, APPROVED, CONTAINED, RESOLVED)
+ORDER = (TRIAGED, APPROVED, CONTAINED, ISOLATED, RESOLVED)
 
 # Reasons (CamelCase, also used for Kubernetes Events).
 PLAYBOOK_SELECTED = "PlaybookSelected"
@@ -40,6 +43,9 @@ NOT_CONTAINED = "NothingApplied"
 REVERTING = "Reverting"
 REVERTED = "Reverted"
 REVERT_FAILED = "RevertFailed"
+ISOLATION_VERIFIED = "IsolationVerified"
+ISOLATION_DEFEATED = "IsolationDefeated"
+QUARANTINE_RESTORED = "QuarantineRestored"
 
 # Reasons after which nothing will run: the incident ends without containment.
 SUPPRESSING = {NO_MATCHING_PLAYBOOK, REJECTED_BY_PERSON, APPROVAL_TIMED_OUT, DRY_RUN,

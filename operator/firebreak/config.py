@@ -44,6 +44,11 @@ class OperatorConfig(BaseModel):
     min_healthy_replicas: int = Field(
         default=1, ge=0,
         description="deletePod refuses to leave a workload with fewer ready replicas than this.")
+    hold_interval: float = Field(
+        default=30.0, ge=0,
+        description="Seconds between checks that each quarantine still holds (pods that lost "
+                    "their label, new pods of a quarantined workload); 0 turns the periodic "
+                    "check off. NetworkPolicy changes are answered at once, whatever this is.")
     snapshot_max_bytes: int = Field(
         default=900 * 1024, ge=1024, le=1024 * 1024,
         description="Largest evidence object (ConfigMap or Secret) a snapshot writes.")

@@ -27,7 +27,7 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from . import conditions as c
-from .actions.base import Action, ActionContext, ActionRefused, IncidentRef, RecordUnreadable
+from .actions.base import Action, ActionContext, ActionRefused, IncidentRef, RecordUnreadable, Verdict
 from .api import (
     GROUP,
     INCIDENT_PLURAL,
@@ -107,6 +107,19 @@ class Engine:
         run = Run(self, body)
         try:
             run.advance(list(playbooks))
+        except TemporaryApiError as exc:
+            run.persist()
+            raise RetryLater(f"API server busy or unreachable: {exc}", delay=5.0) from exc
+
+    def hold(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
+        """Something an incident's quarantine depends on changed (a NetworkPolicy in its
+        namespace, its pods): put back what was undone, and judge it again."""
+        body = body if body is not None else self.read(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        run = Run(self, body)
+        try:
+            run.hold()
         except TemporaryApiError as exc:
             run.persist()
             raise RetryLater(f"API server busy or unreachable: {exc}", delay=5.0) from exc
@@ -433,10 +446,9 @@ class Run:
             self.condition(c.CONTAINED, ConditionStatus.false, c.STEP_FAILED,
                            f"step {aborted.step} did not complete: {aborted.message}")
         elif applied:
-            self.time_to_contain = self._seconds_since_first_signal()
             message = f"{len(applied)} of {len(self.steps)} steps applied"
-            self.condition(c.CONTAINED, ConditionStatus.true, c.STEPS_APPLIED, message)
             self.note(c.STEPS_APPLIED, message)
+            self._contained(message)
         else:
             self.condition(c.CONTAINED, ConditionStatus.false, c.NOT_CONTAINED,
                            "no step could be applied")
@@ -478,6 +490,68 @@ class Run:
         record = result.record.to_api() if action.revertible and result.record else None
         self._finish(index, StepState.applied, result.message, revert=record,
                      warnings=[*(step.warnings or []), *result.warnings] or None)
+        if result.verdict is not None:
+            self._judge([result.verdict])
+
+    def _judge(self, verdicts: list[Verdict]) -> None:
+        """Record whether what the steps set up holds (the Isolated condition); an Event
+        when that changes."""
+        holds = all(v.holds for v in verdicts)
+        message = "; ".join(v.message for v in verdicts if v.holds is holds)
+        before = c.find(self.conditions, c.ISOLATED)
+        reason = c.ISOLATION_VERIFIED if holds else c.ISOLATION_DEFEATED
+        status = ConditionStatus.true if holds else ConditionStatus.false
+        self.condition(c.ISOLATED, status, reason, message)
+        if before is None or before.status is not status:
+            if not holds:
+                self.note(c.ISOLATION_DEFEATED, message, warning=True)
+            elif before is not None:
+                self.note(c.ISOLATION_VERIFIED, message)
+
+    def _contained(self, message: str) -> None:
+        """Contained is True only while every quarantine is verified to hold."""
+        isolated = c.find(self.conditions, c.ISOLATED)
+        if isolated is not None and isolated.status is not ConditionStatus.true:
+            self.condition(c.CONTAINED, ConditionStatus.false, c.ISOLATION_DEFEATED,
+                           f"{message}, but {isolated.message}")
+            return
+        if self.time_to_contain is None:
+            self.time_to_contain = self._seconds_since_first_signal()
+        self.condition(c.CONTAINED, ConditionStatus.true, c.STEPS_APPLIED, message)
+
+    def hold(self) -> None:
+        """Keep applied steps in force (a quarantine against policies and pods that
+        changed since) and judge them again; a no-op for incidents not holding any."""
+        contained = c.find(self.conditions, c.CONTAINED)
+        if self.spec.resolution is not None or contained is None or not (
+                contained.status is ConditionStatus.true
+                or contained.reason == c.ISOLATION_DEFEATED):
+            return
+        verdicts = []
+        for index, step in enumerate(self.steps):
+            if step.state is not StepState.applied:
+                continue
+            action = self.engine.actions[step.action]
+            try:
+                held = action.hold(self.context(step), action.parse(step.params),
+                                   action.load(step.revert))
+            except (ActionRefused, PermanentApiError) as exc:
+                verdicts.append(Verdict(False, f"{step.step}: could not be held: {exc}"))
+                continue
+            if held is None:
+                continue
+            record = held.record.to_api()
+            if record != step.revert:
+                self.set_step(index, revert=record)
+            for change in held.changes:
+                self.note(c.QUARANTINE_RESTORED, f"{step.step}: {change}")
+            verdicts.append(held.verdict)
+        if not verdicts:
+            return
+        self._judge(verdicts)
+        applied = sum(s.state is StepState.applied for s in self.steps)
+        self._contained(f"{applied} of {len(self.steps)} steps applied")
+        self.persist()
 
     def _seconds_since_first_signal(self) -> float:
         first = self.status.first_seen

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,17 @@ import kopf
 from pydantic import ValidationError
 
 from .actions import registry
-from .api import FINALIZER, GROUP, INCIDENT_PLURAL, PLAYBOOK_PLURAL, VERSION, ResponsePlaybookSpec
+from .actions.network import OWNER_ANNOTATION
+from .api import (
+    FINALIZER,
+    GROUP,
+    INCIDENT_PLURAL,
+    PLAYBOOK_PLURAL,
+    VERSION,
+    ActionName,
+    ResponsePlaybookSpec,
+    StepState,
+)
 from .config import OperatorConfig
 from .engine import Engine, RetryLater
 from .events import EventPoster
@@ -32,6 +43,9 @@ from .sources.trivy import TrivyThresholds, signal_from_vulnerability_report
 from .webhook import TokenSource, Webhook, describe_auth
 
 ALL = None  # the playbook index keeps every playbook under one key
+# Kopf fixes a timer's interval when the module is imported; the configured interval
+# is read before the handlers are (cli.py), through this variable.
+HOLD_INTERVAL = float(os.environ.get("FIREBREAK_HOLD_INTERVAL") or 30.0) or 3600.0
 SERVICES = "services"
 
 
@@ -177,6 +191,74 @@ def reconcile(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo
 def _plain(body: kopf.Body) -> dict[str, Any]:
     """Kopf's live view of an object, as a plain dict the engine may keep."""
     return {key: copy.deepcopy(value) for key, value in body.items()}
+
+
+@dataclass(frozen=True)
+class HeldQuarantine:
+    """An incident holding a quarantine in some namespace, and its own policy there."""
+
+    namespace: str
+    name: str
+    uid: str
+    policy: str
+
+
+def _quarantines(body: kopf.Body) -> dict[str, HeldQuarantine]:
+    """The namespaces where an incident holds a quarantine (applied, not resolved)."""
+    if (body.get("spec") or {}).get("resolution"):
+        return {}
+    meta = body["metadata"]
+    held = {}
+    for step in (body.get("status") or {}).get("actions") or []:
+        record = step.get("revert") or {}
+        if step.get("action") == ActionName.isolate_network.value \
+                and step.get("state") == StepState.applied.value and record.get("namespace"):
+            held[record["namespace"]] = HeldQuarantine(
+                meta["namespace"], meta["name"], meta.get("uid", ""), record.get("policy", ""))
+    return held
+
+
+@kopf.index(GROUP, VERSION, INCIDENT_PLURAL)
+def quarantines(body: kopf.Body, **_: Any) -> dict[str, HeldQuarantine]:
+    return _quarantines(body)
+
+
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies")
+def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
+                   logger: logging.Logger | logging.LoggerAdapter[Any],
+                   quarantines: kopf.Index[str, HeldQuarantine] | None = None, **_: Any) -> None:
+    """A policy in a namespace holding a quarantine appeared, changed or went: each
+    incident there puts its quarantine back and judges it again, at once."""
+    assert quarantines is not None
+    meta = body.get("metadata") or {}
+    owner = (meta.get("annotations") or {}).get(OWNER_ANNOTATION)
+    for held in quarantines.get(str(meta.get("namespace")), []):
+        if type in (None, "ADDED") and meta.get("name") == held.policy and owner == held.uid:
+            continue  # its own policy, as it made it
+        try:
+            services(memo).engine.hold(held.namespace, held.name)
+        except RetryLater as exc:  # the periodic check tries again
+            logger.warning("quarantine of %s/%s not checked: %s", held.namespace, held.name, exc)
+
+
+def _holds_quarantine(body: kopf.Body, **_: Any) -> bool:
+    return bool(_quarantines(body))
+
+
+@kopf.timer(GROUP, VERSION, INCIDENT_PLURAL, interval=HOLD_INTERVAL, initial_delay=HOLD_INTERVAL,
+            when=_holds_quarantine)
+def hold_quarantine(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo,
+                    **_: Any) -> None:
+    """Pods change without a NetworkPolicy event (a label removed, a workload's new pod):
+    checked every interval."""
+    assert namespace is not None
+    found = services(memo)
+    if found.config.hold_interval <= 0:
+        return
+    try:
+        found.engine.hold(namespace, name, body=_plain(body))
+    except RetryLater as exc:
+        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
 
 
 @kopf.on.delete(GROUP, VERSION, INCIDENT_PLURAL, backoff=5)

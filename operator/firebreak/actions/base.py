@@ -134,11 +134,31 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """Whether what a step set up holds, checked against the world as it is now
+    (a quarantine: no traffic beyond its allowances), and why."""
+
+    holds: bool
+    message: str
+
+
+@dataclass(frozen=True)
 class Applied:
     message: str
     # The record to keep for revert; None when the step cannot be undone.
     record: Record | None
     warnings: list[str] = field(default_factory=list)
+    verdict: Verdict | None = None
+
+
+@dataclass(frozen=True)
+class Held:
+    """One pass of keeping an applied step in force: the record (it may have grown,
+    say with pods created since), what had to be put back, and the verdict."""
+
+    record: Record
+    changes: list[str]
+    verdict: Verdict
 
 
 class Action(ABC):
@@ -169,6 +189,11 @@ class Action(ABC):
     def apply(self, ctx: ActionContext, params: Any, record: Any) -> Applied:
         """Do what ``prepare`` decided. Idempotent. ``ActionRefused`` is raised only
         before anything was changed; after a change, errors propagate as they are."""
+
+    def hold(self, ctx: ActionContext, params: Any, record: Any) -> Held | None:
+        """Put back what others undid since ``apply`` and judge whether the step still
+        holds; None for steps that need no holding."""
+        return None
 
     def revert(self, ctx: ActionContext, record: Any) -> str:
         """Undo the step from its record. Idempotent."""

@@ -1,54 +1,84 @@
-"""isolateNetwork: pod-precise quarantine with a NetworkPolicy.
+"""isolateNetwork: a quarantine that holds, whatever else the namespace allows.
 
-The target pods get a quarantine label naming the incident, and one NetworkPolicy
-selecting that label denies all ingress and egress except what the playbook
-allows (DNS to the cluster DNS service; ingress from a forensics namespace). The
-policy is created *before* the pods are labelled, so a pod is never labelled and
-unprotected.
+A quarantine has three parts (DESIGN.md, "Containment means verified"):
 
-NetworkPolicies are additive: a deny-all cannot cancel another policy's allow. The
-step therefore looks for other policies that select the quarantined pods and allow
-traffic, and records each as a warning for a person to act on.
+1. **Its own policy.** One NetworkPolicy per incident selects the pods carrying the
+   incident's quarantine label and denies all ingress and egress except what the
+   playbook allows (DNS to the cluster DNS; ingress from a forensics namespace). It
+   carries the incident's UID in an annotation: a policy of the same name made by
+   anyone else is never taken for ours.
+2. **Exclusion from every other policy that would open it.** NetworkPolicies are
+   additive, so a deny cannot cancel another policy's allow. Each other policy that
+   selects a quarantined pod and allows more than the allowances gets one term in its
+   ``podSelector``: ``quarantine.firebreak.dev/<incident> DoesNotExist``. The term is
+   added before the pods are labelled, so the label moves each pod out of those
+   policies and into the quarantine in one write; it selects nothing once the label
+   is gone, and revert removes exactly that term (from every policy that carries it,
+   whoever changed the policy since), leaving everything else as it is.
+3. **A verdict.** ``firebreak.isolation`` judges, from the policies, pods and
+   namespaces the operator sees, what each quarantined pod can still send and
+   receive; the step holds only when that is exactly the allowances.
+
+``hold`` does all three again: after a NetworkPolicy in the namespace changes (a
+late allow policy, a GitOps controller putting a policy back), a quarantined pod
+lost its label, or (``scope: workload``) the workload got new pods.
 
 ``detach`` takes a pod out of its ReplicaSet's selector: the controller starts a
 replacement while the quarantined pod stays for forensics. Revert restores the
 labels, and the controller scales back to the desired count by itself.
+
+What a NetworkPolicy cannot do is refused or said: a pod on the host's network is
+refused; connections open before the quarantine are not cut by it (the dataplane
+keeps tracked connections; see the README).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import Field
 
 from ..api import ActionName
-from ..kube import Conflict, Invalid, NotFound, create, delete, raw, read_raw
-from ..selectors import selects
+from ..isolation import (
+    QUARANTINE_PREFIX,
+    Allowances,
+    Finding,
+    PodView,
+    World,
+    excess,
+    has_exclusion,
+    quarantine_label,
+    to_exclude,
+    with_exclusion,
+    without_exclusion,
+)
+from ..kube import Conflict, Invalid, Kube, NotFound, create, delete, raw, read_raw
 from .base import (
     INCIDENT_LABEL,
     INCIDENT_NAMESPACE_LABEL,
-    MANAGED_BY,
     Action,
     ActionContext,
     ActionRefused,
     Applied,
+    Held,
     Params,
     Prepared,
     Record,
     RecordPart,
+    Verdict,
     ref,
 )
 from .workloads import DETACHED_FROM, Obj, controller_of, read_object, target_pods
 
-# One label per incident (value "true"), so that two incidents quarantining the same
-# pod never overwrite each other, and a revert removes only its own.
-QUARANTINE_PREFIX = "quarantine.firebreak.dev/"
-MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
+__all__ = ["QUARANTINE_PREFIX", "IsolateNetwork", "quarantine_label"]
 
-
-def quarantine_label(key: str) -> str:
-    return f"{QUARANTINE_PREFIX}{key}"
+OWNER_ANNOTATION = "firebreak.dev/incident-uid"
 DETACHED_SUFFIX = "-quarantined"
+EXCLUDE_ATTEMPTS = 5
+CONNECTIONS_NOTE = ("connections opened before the quarantine are not cut by a "
+                    "NetworkPolicy")
 
 
 class IsolateNetworkParams(Params):
@@ -78,10 +108,19 @@ class QuarantinedPod(RecordPart):
     detached_from: str | None = None
 
 
+class ExcludedPolicy(RecordPart):
+    """Another team's policy given the exclusion term, as it was right after."""
+
+    name: str
+    resource_version: str | None = None
+
+
 class IsolateNetworkRecord(Record):
     namespace: str
     policy: str
     pods: list[QuarantinedPod]
+    # Absent in records of releases before the exclusion existed.
+    excluded: list[ExcludedPolicy] | None = None
 
 
 def policy_name(ctx: ActionContext) -> str:
@@ -90,7 +129,7 @@ def policy_name(ctx: ActionContext) -> str:
 
 def build_isolation_policy(
     name: str, namespace: str, incident_key: str, params: IsolateNetworkParams,
-    labels: dict[str, str],
+    labels: dict[str, str], incident_uid: str = "",
 ) -> dict[str, Any]:
     """The NetworkPolicy that cuts quarantined pods off, but for the allowances."""
     ingress: list[dict[str, Any]] = []
@@ -110,7 +149,8 @@ def build_isolation_policy(
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "metadata": {"name": name, "namespace": namespace, "labels": labels,
+                     "annotations": {OWNER_ANNOTATION: incident_uid}},
         "spec": {
             "podSelector": {"matchLabels": {quarantine_label(incident_key): "true"}},
             "policyTypes": ["Ingress", "Egress"],
@@ -120,33 +160,11 @@ def build_isolation_policy(
     }
 
 
-def permissive_overlaps(
-    policies: list[Obj], pods: dict[str, dict[str, str]], own_policy: str
-) -> list[str]:
-    """Warnings for other policies that select a quarantined pod and allow traffic.
-
-    ``pods`` maps pod name to its labels once quarantined.
-    """
-    warnings = []
-    for policy in policies:
-        name = policy["metadata"]["name"]
-        if name == own_policy:
-            continue
-        spec = policy.get("spec", {})
-        types = spec.get("policyTypes") or ["Ingress"]
-        allows = [t for t in ("Ingress", "Egress")
-                  if t in types and spec.get(t.lower())]
-        if not allows:
-            continue
-        selected = sorted(p for p, labels in pods.items()
-                          if selects(spec.get("podSelector") or {}, labels))
-        if selected:
-            warnings.append(
-                f"NetworkPolicy {name} also selects {', '.join(selected)} and allows "
-                f"{' and '.join(a.lower() for a in allows)}; policies are additive, so the "
-                f"quarantine does not block that traffic"
-            )
-    return warnings
+def allowances(params: IsolateNetworkParams) -> Allowances:
+    return Allowances(
+        forensics_namespace=params.forensics_namespace,
+        dns_namespace=params.dns_namespace if params.allow_dns else None,
+        dns_selector=dict(params.dns_selector) if params.allow_dns else {})
 
 
 def _detach_labels(pod: Obj, owner_selector: dict[str, Any]) -> dict[str, str]:
@@ -169,6 +187,133 @@ def _differs(pod: Obj, labels: dict[str, Any], annotations: dict[str, Any]) -> b
             or any(current_annotations.get(k) != v for k, v in annotations.items()))
 
 
+class _Namespaces(Mapping[str, Mapping[str, str]]):
+    """Namespace labels, listed on first use: most verdicts never need them."""
+
+    def __init__(self, kube: Kube) -> None:
+        self._kube = kube
+        self._loaded: dict[str, Mapping[str, str]] | None = None
+
+    def _all(self) -> dict[str, Mapping[str, str]]:
+        if self._loaded is None:
+            items = raw(self._kube.core.list_namespace)["items"]
+            self._loaded = {n["metadata"]["name"]: n["metadata"].get("labels") or {}
+                            for n in items}
+        return self._loaded
+
+    def __getitem__(self, name: str) -> Mapping[str, str]:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+def _world(kube: Kube) -> World:
+    """What the judge may ask about, read lazily and once: pods per namespace,
+    namespace labels."""
+    cache: dict[str, list[PodView]] = {}
+
+    def pods_in(namespace: str) -> list[PodView]:
+        if namespace not in cache:
+            items = raw(kube.core.list_namespaced_pod, namespace)["items"]
+            cache[namespace] = [PodView.of(p) for p in items
+                                if not p["metadata"].get("deletionTimestamp")]
+        return cache[namespace]
+
+    return World(namespaces=_Namespaces(kube), pods_in=pods_in)
+
+
+@dataclass
+class _Quarantine:
+    """One pass over a quarantine's namespace: its policies as they are, the pods as
+    they will be labelled, and the exclusions made."""
+
+    ctx: ActionContext
+    params: IsolateNetworkParams
+    namespace: str
+    own: str
+    policies: list[dict[str, Any]]
+    pods: list[PodView]
+    excluded: list[ExcludedPolicy] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, ctx: ActionContext, params: IsolateNetworkParams, namespace: str,
+             own: str, pods: Sequence[PodView]) -> _Quarantine:
+        policies = raw(ctx.kube.networking.list_namespaced_network_policy, namespace)["items"]
+        return cls(ctx, params, namespace, own, policies, list(pods))
+
+    def findings(self) -> list[Finding]:
+        world = _world(self.ctx.kube)
+        found: list[Finding] = []
+        for pod in self.pods:
+            found += excess(pod, self.policies, self.own, allowances(self.params), world)
+        return found
+
+    def exclude(self) -> None:
+        """Give every other policy that would open a quarantined pod the exclusion
+        term (each write conditional on the version read; re-read on a race)."""
+        key = self.ctx.incident.key
+        for name in to_exclude(self.findings(), self.policies, self.own):
+            policy = next(p for p in self.policies if p["metadata"]["name"] == name)
+            updated = self._patch_selector(policy, lambda s: with_exclusion(s, key))
+            if updated is not None:
+                self.excluded.append(ExcludedPolicy(
+                    name=name, resource_version=updated["metadata"].get("resourceVersion")))
+                self.changes.append(f"excluded the quarantined pods from NetworkPolicy "
+                                    f"{self.namespace}/{name}")
+
+    def _patch_selector(self, policy: dict[str, Any], change: Any) -> dict[str, Any] | None:
+        name = policy["metadata"]["name"]
+        for _ in range(EXCLUDE_ATTEMPTS):
+            selector = (policy.get("spec") or {}).get("podSelector") or {}
+            wanted = change(selector)
+            if wanted == selector:
+                return None
+            patch = [{"op": "test", "path": "/metadata/resourceVersion",
+                      "value": policy["metadata"]["resourceVersion"]},
+                     {"op": "replace", "path": "/spec/podSelector", "value": wanted}]
+            try:
+                updated = raw(self.ctx.kube.networking.patch_namespaced_network_policy,
+                              name, self.namespace, patch)
+            except NotFound:
+                return None
+            except (Conflict, Invalid):  # changed since read: read again and redo
+                fresh = read_raw(self.ctx.kube.networking.read_namespaced_network_policy,
+                                 name, self.namespace)
+                if fresh is None:
+                    return None
+                policy = fresh
+                continue
+            self.policies = [updated if p["metadata"]["name"] == name else p
+                             for p in self.policies]
+            return updated
+        raise ActionRefused(f"NetworkPolicy {self.namespace}/{name} kept changing while the "
+                            f"quarantine tried to exclude its pods from it")
+
+    def verdict(self) -> Verdict:
+        found = self.findings()
+        names = ", ".join(p.name for p in self.pods) or "no pods"
+        if not found:
+            return Verdict(True, f"{names}: no traffic but {allowances(self.params).describe()} "
+                                 f"(checked against {len(self.policies)} NetworkPolicies); "
+                                 f"{CONNECTIONS_NOTE}")
+        shown = "; ".join(str(f) for f in found[:8])
+        more = f"; {len(found) - 8} more" if len(found) > 8 else ""
+        return Verdict(False, f"the quarantine does not hold: {shown}{more}")
+
+
+def _refuse_host_network(pods: Sequence[Obj]) -> None:
+    on_host = [p["metadata"]["name"] for p in pods if (p.get("spec") or {}).get("hostNetwork")]
+    if on_host:
+        raise ActionRefused(
+            f"a NetworkPolicy cannot isolate a pod on the host's network ({', '.join(on_host)}): "
+            f"its traffic is the node's; cordon the node or delete the pod instead")
+
+
 class IsolateNetwork(Action):
     name = ActionName.isolate_network
     params_model = IsolateNetworkParams
@@ -176,95 +321,180 @@ class IsolateNetwork(Action):
 
     def prepare(self, ctx: ActionContext, params: IsolateNetworkParams) -> Prepared:
         pods = target_pods(ctx.kube, ctx.target, params.scope)
-        namespace = pods[0]["metadata"]["namespace"] if pods else ctx.target.namespace
-        record_pods: list[QuarantinedPod] = []
-        for pod in pods:
-            entry = QuarantinedPod(name=pod["metadata"]["name"], uid=pod["metadata"]["uid"])
-            owner = controller_of(pod)
-            if params.detach and owner is not None and owner["kind"] == "ReplicaSet":
-                rs = read_object(ctx.kube, "ReplicaSet", namespace, owner["name"])
-                if rs is not None:
-                    changes = _detach_labels(pod, rs["spec"].get("selector") or {})
-                    entry = entry.model_copy(update={
-                        "detach": {k: (pod["metadata"]["labels"][k], v)
-                                   for k, v in changes.items()},
-                        "detached_from": owner["name"]})
-            record_pods.append(entry)
-
+        _refuse_host_network(pods)
+        namespace = pods[0]["metadata"]["namespace"] if pods else ctx.target.namespace or ""
+        record_pods = [self._entry(ctx, params, pod, namespace) for pod in pods]
         policy = policy_name(ctx)
-        after = {}
-        for pod, entry in zip(pods, record_pods, strict=True):
-            labels = dict(pod["metadata"].get("labels") or {})
-            labels.update({k: new for k, (_, new) in (entry.detach or {}).items()})
-            labels[quarantine_label(ctx.incident.key)] = "true"
-            after[entry.name] = labels
-        # Other incidents' quarantine policies allow no more than ours: leave them out
-        # (server-side, so the list stays short however many incidents there are).
-        others = raw(ctx.kube.networking.list_namespaced_network_policy, namespace,
-                     label_selector=f"{MANAGED_BY_KEY}!={MANAGED_BY[MANAGED_BY_KEY]}")["items"]
-        warnings = permissive_overlaps(others, after, policy)
+        quarantine = _Quarantine.read(ctx, params, namespace, policy, [
+            _labelled(ctx, pod, entry) for pod, entry in zip(pods, record_pods, strict=True)])
+        # Judged as if the quarantine were in place: its own policy, as it will be.
+        quarantine.policies = [p for p in quarantine.policies
+                               if p["metadata"]["name"] != policy]
+        quarantine.policies.append(build_isolation_policy(
+            policy, namespace, ctx.incident.key, params, {}, ctx.incident.uid))
+        to_patch = to_exclude(quarantine.findings(), quarantine.policies, policy)
 
-        allowances = []
-        if params.allow_dns:
-            allowances.append("DNS egress")
-        if params.forensics_namespace:
-            allowances.append(f"ingress from namespace {params.forensics_namespace}")
+        allowed = allowances(params).describe()
         names = ", ".join(e.name for e in record_pods) or "no pods"
         message = (
             f"quarantine {names} with NetworkPolicy {namespace}/{policy} denying all traffic"
-            + (f" except {' and '.join(allowances)}" if allowances else "")
+            + (f" except {allowed}" if allowed != "nothing" else "")
+            + (f"; exclude them from NetworkPolicies {', '.join(to_patch)}" if to_patch else "")
             + ("; detach from ReplicaSet" if params.detach else "")
         )
         return Prepared(
             message=message,
             objects=[ref("NetworkPolicy", policy, namespace)]
+            + [ref("NetworkPolicy", n, namespace) for n in to_patch]
             + [ref("Pod", e.name, namespace) for e in record_pods],
             record=IsolateNetworkRecord(namespace=namespace, policy=policy, pods=record_pods),
-            warnings=warnings,
         )
+
+    @staticmethod
+    def _entry(ctx: ActionContext, params: IsolateNetworkParams, pod: Obj,
+               namespace: str) -> QuarantinedPod:
+        entry = QuarantinedPod(name=pod["metadata"]["name"], uid=pod["metadata"]["uid"])
+        owner = controller_of(pod)
+        if params.detach and owner is not None and owner["kind"] == "ReplicaSet":
+            rs = read_object(ctx.kube, "ReplicaSet", namespace, owner["name"])
+            if rs is not None:
+                changes = _detach_labels(pod, rs["spec"].get("selector") or {})
+                entry = entry.model_copy(update={
+                    "detach": {k: (pod["metadata"]["labels"][k], v) for k, v in changes.items()},
+                    "detached_from": owner["name"]})
+        return entry
 
     def apply(self, ctx: ActionContext, params: IsolateNetworkParams,
               record: IsolateNetworkRecord) -> Applied:
         namespace = record.namespace
-        body = build_isolation_policy(record.policy, namespace, ctx.incident.key, params,
-                                      ctx.managed_labels())
-        if create(ctx.kube.networking.create_namespaced_network_policy, namespace, body) is None:
-            self._check_owner(ctx, namespace, record.policy)
-        labelled, gone = [], []
-        for entry in record.pods:
-            labels = {quarantine_label(ctx.incident.key): "true"}
-            labels.update({k: new for k, (_, new) in (entry.detach or {}).items()})
-            annotations = ({DETACHED_FROM: entry.detached_from}
-                           if entry.detached_from is not None else {})
-            # The uid makes the patch a precondition: a pod replaced under the same name
-            # (a StatefulSet's) is never quarantined by mistake. Re-applying writes the
-            # same labels, which the API server stores as no change at all.
-            patch = {"metadata": {"uid": entry.uid, "labels": labels,
-                                  "annotations": annotations}}
-            try:
-                raw(ctx.kube.core.patch_namespaced_pod, entry.name, namespace, patch)
-            except (NotFound, Conflict, Invalid):  # gone, or replaced under the same name
+        self._ensure_policy(ctx, params, record)
+        current = {e.name: read_raw(ctx.kube.core.read_namespaced_pod, e.name, namespace)
+                   for e in record.pods}
+        live = [(e, p) for e, p in ((e, current[e.name]) for e in record.pods)
+                if p is not None and p["metadata"]["uid"] == e.uid]
+        _refuse_host_network([p for _, p in live])
+        quarantine = _Quarantine.read(ctx, params, namespace, record.policy,
+                                      [_labelled(ctx, p, e) for e, p in live])
+        # Out of every other policy first: labelling then moves each pod from those
+        # policies into the quarantine in one write.
+        quarantine.exclude()
+        live_uids = {e.uid for e, _ in live}
+        labelled, gone = [], [e.name for e in record.pods if e.uid not in live_uids]
+        for entry, _ in live:
+            if self._label(ctx, namespace, entry):
+                labelled.append(entry.name)
+            else:
                 gone.append(entry.name)
-                continue
-            labelled.append(entry.name)
+        quarantine.pods = [p for p in quarantine.pods if p.name in labelled]
+        record = record.model_copy(update={"excluded": _merge(record.excluded,
+                                                              quarantine.excluded)})
         message = (f"NetworkPolicy {namespace}/{record.policy} isolates "
                    f"{', '.join(labelled) or 'no pods'}")
+        if record.excluded:
+            message += (f"; excluded from NetworkPolicies "
+                        f"{', '.join(e.name for e in record.excluded)}")
         if gone:
             message += f"; gone before labelling: {', '.join(gone)}"
-        return Applied(message=message, record=record)
+        return Applied(message=message, record=record, verdict=quarantine.verdict())
+
+    def hold(self, ctx: ActionContext, params: IsolateNetworkParams,
+             record: IsolateNetworkRecord) -> Held:
+        namespace = record.namespace
+        changes = []
+        if self._ensure_policy(ctx, params, record, restore=True):
+            changes.append(f"restored NetworkPolicy {namespace}/{record.policy}, which had been "
+                           f"deleted or changed")
+        entries = list(record.pods)
+        pods: dict[str, Obj] = {}
+        listed = raw(ctx.kube.core.list_namespaced_pod, namespace,
+                     label_selector=quarantine_label(ctx.incident.key))["items"]
+        for pod in listed:
+            pods[pod["metadata"]["uid"]] = pod
+        for entry in entries:
+            if entry.uid not in pods:
+                found = read_raw(ctx.kube.core.read_namespaced_pod, entry.name, namespace)
+                if found is not None and found["metadata"]["uid"] == entry.uid \
+                        and not found["metadata"].get("deletionTimestamp"):
+                    pods[entry.uid] = found
+        if params.scope == "workload":
+            # The workload's pods of the moment, those created since included.
+            try:
+                current = target_pods(ctx.kube, ctx.target, "workload")
+            except ActionRefused:
+                current = []
+            known = {e.uid for e in entries}
+            for pod in current:
+                if pod["metadata"]["uid"] not in known:
+                    entries.append(self._entry(ctx, params, pod, namespace))
+                    pods[pod["metadata"]["uid"]] = pod
+                    changes.append(f"quarantined {pod['metadata']['name']}, a new pod of the "
+                                   f"workload")
+        live = [(e, pods[e.uid]) for e in entries if e.uid in pods]
+        quarantine = _Quarantine.read(ctx, params, namespace, record.policy,
+                                      [_labelled(ctx, p, e) for e, p in live])
+        quarantine.exclude()
+        changes += quarantine.changes
+        for entry, pod in live:
+            if (pod["metadata"].get("labels") or {}).get(quarantine_label(ctx.incident.key)) \
+                    != "true":
+                self._label(ctx, namespace, entry)
+                if entry.uid in {e.uid for e in record.pods}:
+                    changes.append(f"put the quarantine label back on {entry.name}")
+        verdict = quarantine.verdict()
+        if any((p.get("spec") or {}).get("hostNetwork") for _, p in live):
+            verdict = Verdict(False, f"{verdict.message}; a pod on the host's network cannot "
+                                     f"be isolated by a NetworkPolicy")
+        updated = record.model_copy(update={
+            "pods": entries, "excluded": _merge(record.excluded, quarantine.excluded)})
+        return Held(record=updated, changes=changes, verdict=verdict)
+
+    def _ensure_policy(self, ctx: ActionContext, params: IsolateNetworkParams,
+                       record: IsolateNetworkRecord, restore: bool = False) -> bool:
+        """Create the quarantine policy, or check that the one there is ours (by the
+        incident's UID, which no one else can give it). With ``restore``, put back a
+        policy that was deleted or edited; returns whether anything was written."""
+        namespace = record.namespace
+        body = build_isolation_policy(record.policy, namespace, ctx.incident.key, params,
+                                      ctx.managed_labels(), ctx.incident.uid)
+        if create(ctx.kube.networking.create_namespaced_network_policy, namespace, body) \
+                is not None:
+            return True
+        existing = read_raw(ctx.kube.networking.read_namespaced_network_policy,
+                            record.policy, namespace)
+        if existing is None:
+            return False
+        owner = (existing["metadata"].get("annotations") or {}).get(OWNER_ANNOTATION)
+        if owner != ctx.incident.uid:
+            labels = existing["metadata"].get("labels") or {}
+            other = labels.get(INCIDENT_NAMESPACE_LABEL)
+            whose = (f"belongs to incident {other}/{labels.get(INCIDENT_LABEL)}, an incident "
+                     f"of the same name in another namespace; rename one of the incidents"
+                     if other and other != ctx.incident.namespace
+                     else "was not made by this incident")
+            raise ActionRefused(f"NetworkPolicy {namespace}/{record.policy} {whose}")
+        if restore and existing.get("spec") != body["spec"]:
+            raw(ctx.kube.networking.patch_namespaced_network_policy, record.policy, namespace,
+                [{"op": "test", "path": "/metadata/resourceVersion",
+                  "value": existing["metadata"]["resourceVersion"]},
+                 {"op": "replace", "path": "/spec", "value": body["spec"]}])
+            return True
+        return False
 
     @staticmethod
-    def _check_owner(ctx: ActionContext, namespace: str, name: str) -> None:
-        """A policy of that name already exists: fine if this incident made it (a
-        re-apply), refused if another incident with the same name did."""
-        existing = read_raw(ctx.kube.networking.read_namespaced_network_policy, name, namespace)
-        labels = (existing or {}).get("metadata", {}).get("labels") or {}
-        owner = labels.get(INCIDENT_NAMESPACE_LABEL)
-        if existing is not None and owner not in (None, ctx.incident.namespace):
-            raise ActionRefused(
-                f"NetworkPolicy {namespace}/{name} belongs to incident {owner}/"
-                f"{labels.get(INCIDENT_LABEL)}, an incident of the same name in another "
-                f"namespace; rename one of the incidents")
+    def _label(ctx: ActionContext, namespace: str, entry: QuarantinedPod) -> bool:
+        labels = {quarantine_label(ctx.incident.key): "true"}
+        labels.update({k: new for k, (_, new) in (entry.detach or {}).items()})
+        annotations = ({DETACHED_FROM: entry.detached_from}
+                       if entry.detached_from is not None else {})
+        # The uid makes the patch a precondition: a pod replaced under the same name
+        # (a StatefulSet's) is never quarantined by mistake. Re-applying writes the
+        # same labels, which the API server stores as no change at all.
+        patch = {"metadata": {"uid": entry.uid, "labels": labels, "annotations": annotations}}
+        try:
+            raw(ctx.kube.core.patch_namespaced_pod, entry.name, namespace, patch)
+        except (NotFound, Conflict, Invalid):  # gone, or replaced under the same name
+            return False
+        return True
 
     def revert(self, ctx: ActionContext, record: IsolateNetworkRecord) -> str:
         namespace = record.namespace
@@ -281,6 +511,52 @@ class IsolateNetwork(Action):
                 raw(ctx.kube.core.patch_namespaced_pod, entry.name, namespace,
                     {"metadata": {"labels": labels, "annotations": annotations}})
             released.append(entry.name)
+        restored, changed = self._remove_exclusions(ctx, record)
         delete(ctx.kube.networking.delete_namespaced_network_policy, record.policy, namespace)
-        return (f"removed NetworkPolicy {namespace}/{record.policy}; released "
-                f"{', '.join(released) or 'no pods (all gone)'}")
+        message = (f"removed NetworkPolicy {namespace}/{record.policy}; released "
+                   f"{', '.join(released) or 'no pods (all gone)'}")
+        if restored:
+            message += f"; removed the exclusion from NetworkPolicies {', '.join(restored)}"
+        if changed:
+            message += (f" ({', '.join(changed)} changed by others since: only the exclusion "
+                        f"term was removed, their changes are kept)")
+        return message
+
+    @staticmethod
+    def _remove_exclusions(ctx: ActionContext, record: IsolateNetworkRecord
+                           ) -> tuple[list[str], list[str]]:
+        """Take this incident's term out of every policy in the namespace that carries
+        it (recorded or not: a crash may have come between a patch and its record)."""
+        namespace, key = record.namespace, ctx.incident.key
+        policies = raw(ctx.kube.networking.list_namespaced_network_policy, namespace)["items"]
+        versions = {e.name: e.resource_version for e in record.excluded or ()}
+        quarantine = _Quarantine(ctx, IsolateNetworkParams(), namespace, record.policy,
+                                 policies, [])
+        restored, changed = [], []
+        for policy in policies:
+            name = policy["metadata"]["name"]
+            if not has_exclusion(policy, key):
+                continue
+            before = policy["metadata"].get("resourceVersion")
+            if quarantine._patch_selector(policy, lambda s: without_exclusion(s, key)) is None:
+                continue
+            restored.append(name)
+            if name in versions and versions[name] != before:
+                changed.append(name)
+        return restored, changed
+
+
+def _labelled(ctx: ActionContext, pod: Obj, entry: QuarantinedPod) -> PodView:
+    """The pod as the quarantine will leave it: labelled, detached."""
+    view = PodView.of(pod)
+    labels = dict(view.labels)
+    labels.update({k: new for k, (_, new) in (entry.detach or {}).items()})
+    labels[quarantine_label(ctx.incident.key)] = "true"
+    return PodView(view.namespace, view.name, labels, view.named_ports, view.host_network)
+
+
+def _merge(old: Sequence[ExcludedPolicy] | None, new: Sequence[ExcludedPolicy]
+           ) -> list[ExcludedPolicy] | None:
+    merged = {e.name: e for e in old or ()}
+    merged.update({e.name: e for e in new})
+    return [merged[name] for name in sorted(merged)] or None
