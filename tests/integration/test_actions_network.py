@@ -1,13 +1,15 @@
-"""isolateNetwork on a real API server: apply, re-apply, revert, detach, warnings."""
+"""isolateNetwork on a real API server: apply, re-apply, revert, detach, the exclusion
+from other policies, and holding the quarantine against later changes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from kubernetes import client
 
-from firebreak.actions.base import ActionContext
+from firebreak.actions.base import ActionContext, ActionRefused
 from firebreak.actions.network import (
     QUARANTINE_PREFIX,
     IsolateNetwork,
@@ -125,29 +127,168 @@ def test_detach_lets_the_replicaset_replace_the_pod(
              what="the ReplicaSet to settle back to 2 pods")
 
 
-def test_warns_about_policies_that_still_allow_traffic(
+def _policy(networking: client.NetworkingV1Api, namespace: str, name: str,
+            spec: dict[str, Any]) -> None:
+    networking.create_namespaced_network_policy(namespace, {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name}, "spec": spec})
+
+
+def _specs(networking: client.NetworkingV1Api, namespace: str) -> dict[str, Any]:
+    return {p["metadata"]["name"]: (p["metadata"]["resourceVersion"], p["spec"])
+            for p in networking.list_namespaced_network_policy(
+                namespace, _preload_content=False).json()["items"]}
+
+
+ALLOW_ALL = {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+             "ingress": [{}]}
+DNS_ONLY = {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
+    "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]}
+
+
+def test_policies_that_would_open_the_pod_are_excluded_and_revert_restores_them_exactly(
     make_app: Callable[..., list[client.V1Pod]], make_context: Callable[..., ActionContext],
     api_client: client.ApiClient, namespace: str,
 ) -> None:
-    pods = make_app("web", 1)
+    (pod, bystander) = make_app("web", 2)
     networking = client.NetworkingV1Api(api_client)
-    networking.create_namespaced_network_policy(namespace, client.V1NetworkPolicy(
-        metadata=client.V1ObjectMeta(name="allow-web"),
-        spec=client.V1NetworkPolicySpec(
-            pod_selector=client.V1LabelSelector(match_labels={"app": "web"}),
-            policy_types=["Ingress"],
-            ingress=[client.V1NetworkPolicyIngressRule()],  # allow from anywhere
-        )))
-    networking.create_namespaced_network_policy(namespace, client.V1NetworkPolicy(
-        metadata=client.V1ObjectMeta(name="deny-other"),
-        spec=client.V1NetworkPolicySpec(
-            pod_selector=client.V1LabelSelector(match_labels={"app": "other"}),
-            policy_types=["Ingress"], ingress=[client.V1NetworkPolicyIngressRule()])))
+    _policy(networking, namespace, "allow-web", ALLOW_ALL)
+    _policy(networking, namespace, "scrape", {
+        "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"namespaceSelector": {}}], "ports": [{"port": 9090}]}]})
+    _policy(networking, namespace, "dns-only", DNS_ONLY)
+    _policy(networking, namespace, "deny-other", {"podSelector": {"matchLabels": {"app": "other"}},
+                                                  "policyTypes": ["Ingress"], "ingress": [{}]})
+    before = _specs(networking, namespace)
+    ctx = make_context("Pod", pod.metadata.name)
 
-    prepared = ACTION.prepare(make_context("Pod", pods[0].metadata.name), IsolateNetworkParams())
-    assert len(prepared.warnings) == 1
-    assert "NetworkPolicy allow-web also selects" in prepared.warnings[0]
-    assert "allows ingress" in prepared.warnings[0]
+    prepared = ACTION.prepare(ctx, IsolateNetworkParams())
+    assert "exclude them from NetworkPolicies allow-web, scrape" in prepared.message
+    assert _specs(networking, namespace) == before, "prepare writes nothing"
+    applied = ACTION.apply(ctx, IsolateNetworkParams(), prepared.record)
+
+    assert applied.verdict is not None and applied.verdict.holds, applied.verdict
+    after = _specs(networking, namespace)
+    term = {"key": quarantine_label(ctx.incident.key), "operator": "DoesNotExist"}
+    assert after["allow-web"][1]["podSelector"] == {"matchLabels": {"app": "web"},
+                                                    "matchExpressions": [term]}
+    assert after["scrape"][1]["podSelector"]["matchExpressions"][-1] == term
+    # A DNS-only rule allows nothing the quarantine does not; an unrelated policy is
+    # not ours to touch: both are left exactly as they were.
+    assert after["dns-only"] == before["dns-only"] and after["deny-other"] == before["deny-other"]
+    assert [e.name for e in applied.record.excluded or []] == ["allow-web", "scrape"]
+    # The bystander replica is still selected by allow-web: only the quarantined pod left it.
+    assert quarantine_label(ctx.incident.key) not in (bystander.metadata.labels or {})
+
+    again = ACTION.apply(ctx, IsolateNetworkParams(), applied.record)
+    assert _specs(networking, namespace) == after, "re-applying changes nothing"
+    assert again.verdict is not None and again.verdict.holds
+
+    message = ACTION.revert(ctx, again.record)
+    restored = _specs(networking, namespace)
+    assert {n: spec for n, (_, spec) in restored.items()} == {
+        n: spec for n, (_, spec) in before.items()}
+    assert "removed the exclusion from NetworkPolicies allow-web, scrape" in message
+
+
+def test_revert_removes_only_the_exclusion_from_a_policy_changed_since(
+    make_app: Callable[..., list[client.V1Pod]], make_context: Callable[..., ActionContext],
+    api_client: client.ApiClient, namespace: str,
+) -> None:
+    (pod,) = make_app("web", 1)
+    networking = client.NetworkingV1Api(api_client)
+    _policy(networking, namespace, "allow-web", ALLOW_ALL)
+    ctx = make_context("Pod", pod.metadata.name)
+    applied = ACTION.apply(ctx, IsolateNetworkParams(), ACTION.prepare(ctx, IsolateNetworkParams()).record)
+    networking.patch_namespaced_network_policy("allow-web", namespace, {
+        "spec": {"podSelector": {"matchLabels": {"tier": "front"}}}})
+
+    message = ACTION.revert(ctx, applied.record)
+
+    (_, spec) = _specs(networking, namespace)["allow-web"]
+    assert spec["podSelector"] == {"matchLabels": {"app": "web", "tier": "front"}}
+    assert "allow-web changed by others since" in message
+
+
+def test_hold_excludes_a_late_allow_policy_and_relabels_a_pod(
+    make_app: Callable[..., list[client.V1Pod]], make_context: Callable[..., ActionContext],
+    core: client.CoreV1Api, api_client: client.ApiClient, namespace: str,
+) -> None:
+    (pod,) = make_app("web", 1)
+    networking = client.NetworkingV1Api(api_client)
+    ctx = make_context("Pod", pod.metadata.name)
+    params = IsolateNetworkParams()
+    applied = ACTION.apply(ctx, params, ACTION.prepare(ctx, params).record)
+    quiet = ACTION.hold(ctx, params, applied.record)
+    assert quiet.changes == [] and quiet.verdict.holds
+
+    _policy(networking, namespace, "late-allow", {"podSelector": {}, "policyTypes": ["Egress"],
+                                                   "egress": [{}]})
+    core.patch_namespaced_pod(pod.metadata.name, namespace, {
+        "metadata": {"labels": {quarantine_label(ctx.incident.key): None}}})
+
+    held = ACTION.hold(ctx, params, applied.record)
+
+    assert held.changes == [
+        f"excluded the quarantined pods from NetworkPolicy {namespace}/late-allow",
+        f"put the quarantine label back on {pod.metadata.name}"]
+    assert held.verdict.holds, held.verdict
+    labels = core.read_namespaced_pod(pod.metadata.name, namespace).metadata.labels
+    assert labels[quarantine_label(ctx.incident.key)] == "true"
+    networking.delete_namespaced_network_policy(f"firebreak-quarantine-{ctx.incident.key}",
+                                                namespace)
+    restored = ACTION.hold(ctx, params, held.record)
+    assert restored.changes[0].startswith("restored NetworkPolicy") and restored.verdict.holds
+
+
+def test_a_policy_that_cannot_be_excluded_defeats_the_quarantine(
+    make_app: Callable[..., list[client.V1Pod]], make_context: Callable[..., ActionContext],
+    api_client: client.ApiClient, namespace: str,
+) -> None:
+    (pod,) = make_app("web", 1)
+    ctx = make_context("Pod", pod.metadata.name)
+    # Made to look like a quarantine: selects the quarantine label, and allows everything.
+    _policy(client.NetworkingV1Api(api_client), namespace, "firebreak-quarantine-forged", {
+        "podSelector": {"matchLabels": {quarantine_label(ctx.incident.key): "true"}},
+        "policyTypes": ["Ingress"], "ingress": [{}]})
+
+    applied = ACTION.apply(ctx, IsolateNetworkParams(),
+                           ACTION.prepare(ctx, IsolateNetworkParams()).record)
+
+    assert applied.verdict is not None and not applied.verdict.holds
+    assert "ingress from anywhere on every port (NetworkPolicy firebreak-quarantine-forged)" \
+        in applied.verdict.message
+
+
+def test_host_network_pods_are_refused(
+    make_app: Callable[..., list[client.V1Pod]], make_context: Callable[..., ActionContext],
+) -> None:
+    (pod,) = make_app("web", 1, host_network=True)
+    with pytest.raises(ActionRefused, match="cannot isolate a pod on the host's network"):
+        ACTION.prepare(make_context("Pod", pod.metadata.name), IsolateNetworkParams())
+
+
+def test_workload_scope_quarantines_pods_created_later(
+    make_app: Callable[..., list[client.V1Pod]], make_context: Callable[..., ActionContext],
+    core: client.CoreV1Api, apps: client.AppsV1Api, namespace: str,
+) -> None:
+    make_app("web", 1)
+    ctx = make_context("Deployment", "web")
+    params = IsolateNetworkParams(scope="workload")
+    applied = ACTION.apply(ctx, params, ACTION.prepare(ctx, params).record)
+    apps.patch_namespaced_deployment_scale("web", namespace, {"spec": {"replicas": 3}})
+    wait_for(lambda: len(running_pods(core, namespace, "web")) == 3, timeout=60,
+             what="3 running pods of web")
+
+    held = ACTION.hold(ctx, params, applied.record)
+
+    assert len(held.record.pods) == 3 and held.verdict.holds
+    assert sum("a new pod of the workload" in c for c in held.changes) == 2
+    assert all(v.get(quarantine_label(ctx.incident.key)) == "true"
+               for v in labels_of(core, namespace, "web").values())
 
 
 def test_two_incidents_on_one_pod_stay_independent(
@@ -176,7 +317,7 @@ def test_same_incident_name_in_another_namespace_is_refused_not_merged(
 ) -> None:
     import dataclasses
 
-    from firebreak.actions.base import ActionRefused, IncidentRef
+    from firebreak.actions.base import IncidentRef
 
     (pod,) = make_app("web", 1)
     ours = make_context("Pod", pod.metadata.name, incident="miner")

@@ -472,7 +472,7 @@ class IsolateNetwork(Action):
                      if other and other != ctx.incident.namespace
                      else "was not made by this incident")
             raise ActionRefused(f"NetworkPolicy {namespace}/{record.policy} {whose}")
-        if restore and existing.get("spec") != body["spec"]:
+        if restore and _pruned(existing.get("spec")) != _pruned(body["spec"]):
             raw(ctx.kube.networking.patch_namespaced_network_policy, record.policy, namespace,
                 [{"op": "test", "path": "/metadata/resourceVersion",
                   "value": existing["metadata"]["resourceVersion"]},
@@ -553,6 +553,17 @@ def _labelled(ctx: ActionContext, pod: Obj, entry: QuarantinedPod) -> PodView:
     labels.update({k: new for k, (_, new) in (entry.detach or {}).items()})
     labels[quarantine_label(ctx.incident.key)] = "true"
     return PodView(view.namespace, view.name, labels, view.named_ports, view.host_network)
+
+
+def _pruned(value: Any) -> Any:
+    """For comparing a stored object with the one built: the API server drops empty
+    lists and maps when it stores them."""
+    if isinstance(value, dict):
+        pruned = {k: _pruned(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v not in ({}, [], None)}
+    if isinstance(value, list):
+        return [_pruned(v) for v in value]
+    return value
 
 
 def _merge(old: Sequence[ExcludedPolicy] | None, new: Sequence[ExcludedPolicy]
