@@ -57,7 +57,8 @@ def test_contain_then_resolve(
     assert status["actions"][1]["revert"]["previousReplicas"] == 3
     assert status["timeToContainSeconds"] >= 0
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
-    assert conditions == {"Triaged": "True", "Approved": "True", "Contained": "True"}
+    assert conditions == {"Triaged": "True", "Approved": "True", "Contained": "True",
+                          "Isolated": "True"}
     reasons = [e.reason for e in core.list_namespaced_event(
         namespace, field_selector="involvedObject.name=miner").items]
     assert {"PlaybookSelected", "StepsApplied"} <= set(reasons)
