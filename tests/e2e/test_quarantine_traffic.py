@@ -129,7 +129,7 @@ def test_other_allow_policies_do_not_open_the_quarantine_and_revert_reopens_ever
         "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]})
     _allow(networking, namespace, "web-egress", {
         "podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"],
-        "egress": [{"to": [{"podSelector": {}}]}]})
+        "egress": [{"to": [{"namespaceSelector": {}}]}]})
     ips = start_pods(core, namespace, web_pod("web"), web_pod("client"))
     investigator = start_pods(core, forensics, web_pod("investigator"))["investigator"]
 
