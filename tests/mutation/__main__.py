@@ -47,6 +47,7 @@ _SOURCE_TESTS = ("tests/unit/test_signal.py", "tests/unit/test_sources.py")
 MODULES: dict[str, tuple[str, ...]] = {
     "conditions.py": ("tests/unit/test_conditions.py",),
     "guardrails.py": ("tests/unit/test_guardrails.py",),
+    "isolation.py": ("tests/unit/test_isolation.py",),
     "matching.py": ("tests/unit/test_matching.py",),
     "planning.py": ("tests/unit/test_planning.py",),
     "selectors.py": ("tests/unit/test_selectors.py", "tests/unit/test_matching.py"),
