@@ -2,8 +2,9 @@
 
 Starts the cluster, installs the CRDs and the ready playbooks, deploys a small shop
 and a shopper pod on the real node, runs the operator, and tells the incident the
-way a responder sees it: the shopper's request to the storefront pod works, an alert
-arrives, the incident moves through its phases, the same request now fails; the
+way a responder sees it: the shopper's request to the storefront pod works (an
+allow-all policy stands in the namespace, as in real clusters), an alert arrives,
+the incident moves through its phases, the same request now fails; the
 incident is resolved, everything is reverted, and the request works again. Every
 request is real packets between pods, and the output says so. On a host that
 cannot run the real node, the shop runs on kwok's fake nodes and the output says
@@ -68,6 +69,13 @@ def main() -> int:
             kubectl("apply", "-n", NS, "-f", "-", input=json.dumps(
                 client.ApiClient().sanitize_for_serialization(shopper)))
             kubectl("wait", "-n", NS, "--for=condition=Ready", "pod/shopper", "--timeout=90s")
+        # What real namespaces carry: a policy that lets anyone reach the storefront.
+        # A quarantine that is only one more deny policy would be opened by it.
+        kubectl("apply", "-n", NS, "-f", "-", input=json.dumps({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "storefront-open"},
+            "spec": {"podSelector": {"matchLabels": {"app": "storefront"}},
+                     "policyTypes": ["Ingress"], "ingress": [{}]}}))
         kubectl("rollout", "status", "deployment/storefront", "-n", NS, "--timeout=90s")
         pods = json.loads(kubectl("get", "pods", "-n", NS, "-l", "app=storefront",
                                   "-o", "json"))["items"]
@@ -186,15 +194,15 @@ def run_incident(cluster: LocalCluster, shop: Shopper, operator: subprocess.Pope
                  log_path: Path, webhook: str, token: str) -> int:
     kubectl = cluster.kubectl
     victim = shop.pod
-    say(f"An alert: a crypto-miner in pod {victim}. Alertmanager posts it to the webhook")
+    say(f"An alert: a terminal shell in pod {victim}. Alertmanager posts it to the webhook")
     alert = {
         "version": "4", "status": "firing", "receiver": "firebreak", "groupLabels": {},
         "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://alertmanager",
         "alerts": [{
             "status": "firing",
-            "labels": {"alertname": "CryptoMinerDetected", "severity": "critical",
+            "labels": {"alertname": "TerminalShellInContainer", "severity": "critical",
                        "namespace": NS, "pod": victim},
-            "annotations": {"summary": f"Stratum mining traffic from {victim}"},
+            "annotations": {"summary": f"A shell was spawned in a container of {victim}"},
             "startsAt": "2026-11-25T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
         }],
     }
@@ -207,8 +215,14 @@ def run_incident(cluster: LocalCluster, shop: Shopper, operator: subprocess.Pope
     incident = answer["incidents"][0]["name"]  # derived from the fingerprint
     watch_phases(cluster, "Contained", operator, log_path)
 
-    say("Contained. The isolating NetworkPolicy and the quarantined pod:")
+    say("Contained. The isolating NetworkPolicy, the allow-all policy the pod was taken "
+        "out of, and the quarantined pod:")
     print(kubectl("get", "networkpolicy", "-n", NS))
+    print("storefront-open now selects: " + kubectl(
+        "get", "networkpolicy", "storefront-open", "-n", NS, "-o", "jsonpath={.spec.podSelector}"))
+    print("Isolated: " + kubectl(
+        "get", "securityincident", incident, "-n", NS, "-o",
+        "jsonpath={.status.conditions[?(@.type=='Isolated')].message}") + "\n")
     print(kubectl("get", "pods", "-n", NS, "-L", f"quarantine.firebreak.dev/{incident}"))
     print(kubectl("get", "deployment", "storefront", "-n", NS))
     print(kubectl("get", "securityincident", incident, "-n", NS, "-o",
@@ -221,13 +235,16 @@ def run_incident(cluster: LocalCluster, shop: Shopper, operator: subprocess.Pope
 
     say("A person resolves it: kubectl patch ... spec.resolution")
     kubectl("patch", "securityincident", incident, "-n", NS, "--type=merge", "-p",
-            json.dumps({"spec": {"resolution": {"reason": "miner removed, image rebuilt",
+            json.dumps({"spec": {"resolution": {"reason": "an engineer debugging, confirmed",
                                                 "by": "demo"}}}))
     watch_phases(cluster, "Resolved", operator, log_path)
 
     say("Resolved. Everything reverted (the evidence is kept on purpose):")
     policies = kubectl("get", "networkpolicy", "-n", NS, "-o", "name")
     print(f"NetworkPolicies in {NS}: {policies.strip() or 'none'}")
+    open_selector = kubectl("get", "networkpolicy", "storefront-open", "-n", NS, "-o",
+                            "jsonpath={.spec.podSelector}")
+    print(f"storefront-open selects, as before: {open_selector}")
     kubectl("rollout", "status", "deployment/storefront", "-n", NS, "--timeout=90s")
     print(kubectl("get", "pods", "-n", NS, "-L", f"quarantine.firebreak.dev/{incident}"))
     print(kubectl("get", "deployment", "storefront", "-n", NS))
@@ -237,7 +254,9 @@ def run_incident(cluster: LocalCluster, shop: Shopper, operator: subprocess.Pope
     reopened = shop.visit("after resolution") if released(cluster, victim) else None
     if reopened is None and shop.real:
         print(f"(the ReplicaSet removed {victim} as one too many once it was released)")
-    ok = not policies.strip() and (not shop.real or (blocked and reopened is not False))
+    ok = (policies.split() == ["networkpolicy.networking.k8s.io/storefront-open"]
+          and "matchExpressions" not in open_selector
+          and (not shop.real or (blocked and reopened is not False)))
     return 0 if ok else 1
 
 
