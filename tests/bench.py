@@ -582,8 +582,7 @@ class Bench:
     def install(self) -> None:
         kubectl = self.cluster.kubectl
         kubectl("apply", "-k", str(REPO / "crds"))
-        kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                "crd/securityincidents.firebreak.dev", "crd/responseplaybooks.firebreak.dev")
+        self.cluster.wait_established("securityincidents.firebreak.dev", "responseplaybooks.firebreak.dev")
         kubectl("apply", "-f", str(REPO / "manifests" / "namespace.yaml"))
         playbook = {
             "apiVersion": "firebreak.dev/v1alpha1", "kind": "ResponsePlaybook",

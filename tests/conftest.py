@@ -52,8 +52,7 @@ def real_node(cluster: LocalCluster) -> RealNode:
 def crds(cluster: LocalCluster) -> None:
     """Firebreak's CustomResourceDefinitions, installed and Established."""
     cluster.kubectl("apply", "-k", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/securityincidents.firebreak.dev", "crd/responseplaybooks.firebreak.dev")
+    cluster.wait_established("securityincidents.firebreak.dev", "responseplaybooks.firebreak.dev")
 
 
 @pytest.fixture(scope="session")

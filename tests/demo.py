@@ -52,8 +52,7 @@ def main() -> int:
 
         say("Installing Firebreak: CRDs, namespace, RBAC, and the playbooks in playbooks/")
         kubectl("apply", "-k", str(REPO / "crds"))
-        kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                "crd/securityincidents.firebreak.dev", "crd/responseplaybooks.firebreak.dev")
+        cluster.wait_established("securityincidents.firebreak.dev", "responseplaybooks.firebreak.dev")
         kubectl("apply", "-f", str(REPO / "manifests" / "namespace.yaml"),
                 "-f", str(REPO / "manifests" / "rbac.yaml"))
         kubectl("apply", "-f", str(REPO / "playbooks"))

@@ -371,6 +371,23 @@ class LocalCluster:
             raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
 
+    def wait_established(self, *crds: str, timeout: float = 60.0) -> None:
+        """Wait until the CustomResourceDefinitions are served. (``kubectl wait`` fails
+        outright on a CRD whose status has no conditions yet, which happens under load.)"""
+        deadline = time.monotonic() + timeout
+        pending = list(crds)
+        while pending:
+            out = self.kubectl("get", "crd", *pending, "--ignore-not-found", "-o", "json")
+            established = {
+                item["metadata"]["name"] for item in json.loads(out).get("items", [])
+                if any(c["type"] == "Established" and c["status"] == "True"
+                       for c in (item.get("status") or {}).get("conditions") or [])}
+            pending = [crd for crd in pending if crd not in established]
+            if pending and time.monotonic() > deadline:
+                raise ControlPlaneError(f"CRDs not established after {timeout:.0f}s: {pending}")
+            if pending:
+                time.sleep(0.2)
+
     def _create_nodes(self, timeout: float = 60.0) -> None:
         if self.nodes:
             self.add_nodes(self.nodes)

@@ -28,8 +28,7 @@ TRIVY = ("aquasecurity.github.io", "v1alpha1", "vulnerabilityreports")
 def trivy_crd(cluster: LocalCluster) -> Iterator[None]:
     crd = FIXTURES / "crds" / "vulnerabilityreports.aquasecurity.github.io.yaml"
     cluster.kubectl("apply", "-f", str(crd))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/vulnerabilityreports.aquasecurity.github.io")
+    cluster.wait_established("vulnerabilityreports.aquasecurity.github.io")
     yield
     cluster.kubectl("delete", "-f", str(crd), "--wait=false")
 

@@ -222,3 +222,183 @@ def test_only_foreign_non_quarantine_policies_are_excluded() -> None:
     found = excess(TARGET, policies, OWN, ALLOW, WORLD)
     assert {f.policy for f in found} == {"allow-all", "firebreak-quarantine-evil"}
     assert to_exclude(found, policies, OWN) == ["allow-all"]
+
+
+def test_the_quarantine_label_is_the_firebreak_prefix_and_the_incident_key() -> None:
+    assert quarantine_label(KEY) == "quarantine.firebreak.dev/miner"
+    assert exclusion_term(KEY) == {"key": "quarantine.firebreak.dev/miner", "operator": "DoesNotExist"}
+
+
+@pytest.mark.parametrize(("pod", "expected"), [
+    # named ports from every container; protocol defaults to TCP; unnamed ports and
+    # ports without a number are not named ports
+    ({"metadata": {"namespace": NS, "name": "web-1", "labels": {"app": "web"}},
+      "spec": {"hostNetwork": True, "containers": [
+          {"name": "app", "ports": [{"name": "http", "containerPort": 8080},
+                                    {"containerPort": 9090},
+                                    {"name": "ghost"}]},
+          {"name": "sidecar"},
+          {"name": "dns", "ports": [{"name": "dns", "protocol": "UDP", "containerPort": 53},
+                                    {"name": "dns-tcp", "protocol": "TCP", "containerPort": "53"}]}]}},
+     PodView(NS, "web-1", {"app": "web"},
+             named_ports={"http": ("TCP", 8080), "dns": ("UDP", 53), "dns-tcp": ("TCP", 53)},
+             host_network=True)),
+    # a port numbered 0 is still a number
+    ({"metadata": {"namespace": NS, "name": "zero"},
+      "spec": {"containers": [{"ports": [{"name": "zero", "containerPort": 0}]}]}},
+     PodView(NS, "zero", {}, named_ports={"zero": ("TCP", 0)})),
+    # no spec, no labels, no containers: nothing but where the pod is
+    ({"metadata": {"namespace": NS, "name": "bare"}}, PodView(NS, "bare", {})),
+    ({"metadata": {"namespace": NS, "name": "nulls", "labels": None},
+      "spec": {"containers": None, "hostNetwork": False}}, PodView(NS, "nulls", {})),
+])
+def test_a_pod_is_seen_by_where_it_is_its_labels_and_its_named_ports(
+    pod: dict[str, Any], expected: PodView
+) -> None:
+    view = PodView.of(pod)
+    assert view == expected
+    assert (view.namespace, view.name, dict(view.labels), dict(view.named_ports),
+            view.host_network) == (expected.namespace, expected.name, dict(expected.labels),
+                                   dict(expected.named_ports), expected.host_network)
+
+
+@pytest.mark.parametrize(("allow", "text"), [
+    (ALLOW, "ingress from namespace forensics and DNS to kube-system pods k8s-app=kube-dns"),
+    (Allowances(), "nothing"),
+    (Allowances(forensics_namespace="forensics"), "ingress from namespace forensics"),
+    (Allowances(forensics_namespace=""), "nothing"),
+    (Allowances(dns_namespace="kube-system"), "DNS to kube-system pods (all)"),
+    (Allowances(dns_namespace="", dns_selector={"b": "2", "a": "1"}), "DNS to  pods a=1,b=2"),
+])
+def test_the_allowances_describe_themselves(allow: Allowances, text: str) -> None:
+    assert allow.describe() == text
+
+
+def test_a_finding_without_a_policy_says_so() -> None:
+    unlabelled = PodView(NS, "web-1", {"app": "web"})
+    found = excess(unlabelled, [OWN_POLICY], OWN, ALLOW, WORLD)
+    assert [str(f) for f in found] == [
+        f"web-1: all {d}: the quarantine policy {OWN} does not select the pod (no NetworkPolicy)"
+        for d in ("ingress", "egress")]
+
+
+def test_an_unselected_pod_is_reported_once_per_direction_not_per_policy() -> None:
+    unlabelled = PodView(NS, "web-1", {"app": "web"})
+    allow_all = policy("allow-all", {}, types=["Ingress", "Egress"], ingress=[{}], egress=[{}])
+    found = excess(unlabelled, [OWN_POLICY, allow_all], OWN, ALLOW, WORLD)
+    assert [(f.direction, f.policy) for f in found] == [("ingress", None), ("egress", None)]
+
+
+def flow_text(direction: str, rule: dict[str, Any], namespace: str = NS) -> str:
+    """How the one finding a rule makes, in a policy selecting the target, reads."""
+    other = policy("other", {}, types=[direction.capitalize()], **{direction: [rule]})
+    (finding,) = excess(TARGET, [OWN_POLICY, other], OWN, ALLOW, WORLD)
+    assert finding.policy == "other"
+    return finding.flow
+
+
+@pytest.mark.parametrize(("direction", "rule", "text"), [
+    ("ingress", {}, "ingress from anywhere on every port"),
+    ("egress", {"to": []}, "egress to anywhere on every port"),
+    ("ingress", {"from": [{"podSelector": {}}]}, "ingress from every pod in namespace shop on every port"),
+    ("ingress", {"from": [{"namespaceSelector": {}}]},
+     "ingress from every pod in every namespace on every port"),
+    ("ingress", {"from": [{"namespaceSelector": {"matchLabels": {}}}]},
+     "ingress from every pod in namespaces (all) on every port"),
+    ("ingress", {"from": [{"podSelector": {"matchLabels": {}}}]},
+     "ingress from pods (all) in namespace shop on every port"),
+    ("ingress", {"from": [{"namespaceSelector": {"matchLabels": {
+        "team": "ops", "kubernetes.io/metadata.name": "monitoring"}}}]},
+     "ingress from every pod in namespaces kubernetes.io/metadata.name=monitoring,team=ops on every port"),
+    # matchExpressions, after matchLabels; an operator without values has no trailing space
+    ("ingress", {"from": [{"podSelector": {
+        "matchLabels": {"app": "db"},
+        "matchExpressions": [{"key": "app", "operator": "In", "values": ["db", "cache"]},
+                             {"key": "debug", "operator": "DoesNotExist"}]}}]},
+     "ingress from pods app=db,app In db,cache,debug DoesNotExist in namespace shop on every port"),
+    # several peers, several ports; protocol defaults to TCP; a port range; a protocol
+    # without a port is every port of it
+    ("egress", {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}},
+                       {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "192.168.0.0/16"]}}],
+                "ports": [{"port": 443}, {"protocol": "UDP", "port": 5000, "endPort": 5010},
+                          {"protocol": "SCTP"}]},
+     "egress to 10.0.0.0/8; 0.0.0.0/0 except 10.0.0.0/8, 192.168.0.0/16 "
+     "on TCP 443, UDP 5000-5010, SCTP every port"),
+    ("egress", {"to": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"port": "postgres"}]},
+     "egress to pods app=db in namespace shop on TCP postgres"),
+])
+def test_findings_describe_the_rule_that_opens_the_pod(direction: str, rule: dict[str, Any],
+                                                       text: str) -> None:
+    assert flow_text(direction, rule) == text
+
+
+FORENSIC_TARGET = PodView("forensics", "kit", {"app": "kit", quarantine_label(KEY): "true"})
+
+
+@pytest.mark.parametrize(("other", "pod", "allow", "expected"), [
+    # an ipBlock is not the forensics namespace, even in a policy that lives there
+    (policy("from-net", {}, types=["Ingress"], namespace="forensics",
+            ingress=[{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]),
+     FORENSIC_TARGET, ALLOW, [("ingress", "from-net")]),
+    # ... while its pods may reach a pod quarantined there
+    (policy("local", {}, types=["Ingress"], namespace="forensics",
+            ingress=[{"from": [{"podSelector": {}}]}]), FORENSIC_TARGET, ALLOW, []),
+    # DNS on port 53 with the protocol left to its TCP default, by number or by name
+    (policy("dns-tcp", {}, types=["Egress"], egress=[{"to": [DNS_PEER], "ports": [{"port": 53}]}]),
+     TARGET, ALLOW, []),
+    (policy("dns-tcp-named", {}, types=["Egress"], egress=[{"to": [DNS_PEER], "ports": [
+        {"port": "dns-tcp"}]}]), TARGET, ALLOW, []),
+    # a range that ends where it starts is one port
+    (policy("dns-one-port-range", {}, types=["Egress"], egress=[{"to": [DNS_PEER], "ports": [
+        {"protocol": "UDP", "port": 53, "endPort": 53}]}]), TARGET, ALLOW, []),
+    # a port entry without a port is every port of its protocol
+    (policy("dns-udp-any", {}, types=["Egress"], egress=[{"to": [DNS_PEER], "ports": [
+        {"protocol": "UDP"}]}]), TARGET, ALLOW, [("egress", "dns-udp-any")]),
+    (policy("dns-then-any", {}, types=["Egress"], egress=[{"to": [DNS_PEER], "ports": [
+        {"protocol": "UDP", "port": 53}, {"protocol": "TCP"}]}]), TARGET, ALLOW,
+     [("egress", "dns-then-any")]),
+    # port 53 that is not UDP or TCP
+    (policy("dns-sctp", {}, types=["Egress"], egress=[{"to": [DNS_PEER], "ports": [
+        {"protocol": "SCTP", "port": 53}]}]), TARGET, ALLOW, [("egress", "dns-sctp")]),
+    # a peer selecting no pod today, next to the DNS peer, allows nothing more
+    (policy("dns-and-ghost", {}, types=["Egress"], egress=[{"to": [
+        DNS_PEER, {"podSelector": {"matchLabels": {"app": "ghost"}}}], "ports": DNS_PORTS}]),
+     TARGET, ALLOW, []),
+    # ... nor does one selecting no pod in the DNS namespace
+    (policy("dns-ghost", {}, types=["Egress"], egress=[{"to": [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"app": "ghost"}}}], "ports": DNS_PORTS}]),
+     TARGET, ALLOW, []),
+    # a peer selecting other pods of the DNS namespace is more than DNS
+    (policy("dns-metrics-server", {}, types=["Egress"], egress=[{"to": [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {}}], "ports": DNS_PORTS}]),
+     TARGET, ALLOW, [("egress", "dns-metrics-server")]),
+    # egress to the forensics namespace is not an allowance
+    (policy("to-forensics", {}, types=["Egress"], egress=[{"to": [{"namespaceSelector": {
+        "matchLabels": {"kubernetes.io/metadata.name": "forensics"}}}], "ports": DNS_PORTS}]),
+     TARGET, ALLOW, [("egress", "to-forensics")]),
+    # the whole DNS namespace, when every pod is labelled like the cluster DNS: the
+    # allowance itself
+    (policy("kube-system-53", {}, types=["Egress"], egress=[{"to": [{"namespaceSelector": {
+        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}], "ports": DNS_PORTS}]),
+     TARGET, Allowances(dns_namespace="kube-system"), []),
+    # a whole DNS namespace with no pod in it yet could hold anything
+    (policy("empty-53", {}, types=["Egress"], egress=[{"to": [{"namespaceSelector": {
+        "matchLabels": {"kubernetes.io/metadata.name": "empty"}}}], "ports": DNS_PORTS}]),
+     TARGET, Allowances(dns_namespace="empty", dns_selector={"k8s-app": "kube-dns"}),
+     [("egress", "empty-53")]),
+    # a selector in the empty DNS namespace selects no pod: nothing allowed today
+    (policy("empty-dns-pods", {}, types=["Egress"], egress=[{"to": [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "empty"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}], "ports": DNS_PORTS}]),
+     TARGET, Allowances(dns_namespace="empty", dns_selector={"k8s-app": "kube-dns"}), []),
+])
+def test_more_rules_are_judged_against_the_allowances(
+    other: dict[str, Any], pod: PodView, allow: Allowances, expected: list[tuple[str, str]]
+) -> None:
+    # the quarantine's own policy, here allowing nothing: only the other one is judged
+    own = policy(OWN, {"matchLabels": {quarantine_label(KEY): "true"}}, types=["Ingress", "Egress"],
+                 namespace=pod.namespace)
+    found = excess(pod, [own, other], OWN, allow, WORLD)
+    assert [(f.direction, f.policy) for f in found] == expected
