@@ -221,17 +221,20 @@ def rule_within(rule: Obj, direction: Direction, policy_namespace: str,
         namespaces = _peer_namespaces(peer, policy_namespace, world)
         if namespaces is None:
             return False
+        if "podSelector" not in peer and (
+                set(namespaces) - {allowances.dns_namespace} or allowances.dns_selector):
+            # Whole namespaces: every pod that will ever run there, which only an
+            # allowance of the whole DNS namespace covers.
+            return False
         for namespace in namespaces:
             pods = _peer_pods(peer, namespace, world)
             if namespace != allowances.dns_namespace:
-                if "podSelector" not in peer or pods:
+                if pods:
                     return False
                 continue
             if any(not selects({"matchLabels": dict(allowances.dns_selector)}, p.labels)
                    for p in pods):
                 return False
-            if "podSelector" not in peer and not pods:
-                return False  # a whole namespace, with no pod yet to judge it by
             destinations += pods
     return _ports_within_dns(rule.get("ports") or [], destinations)
 

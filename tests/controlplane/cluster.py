@@ -378,8 +378,10 @@ class LocalCluster:
         pending = list(crds)
         while pending:
             out = self.kubectl("get", "crd", *pending, "--ignore-not-found", "-o", "json")
+            found = json.loads(out) if out.strip() else {}
+            items = found.get("items", [found] if found else [])  # one name: the object
             established = {
-                item["metadata"]["name"] for item in json.loads(out).get("items", [])
+                item["metadata"]["name"] for item in items
                 if any(c["type"] == "Established" and c["status"] == "True"
                        for c in (item.get("status") or {}).get("conditions") or [])}
             pending = [crd for crd in pending if crd not in established]

@@ -278,12 +278,15 @@ def test_kubectl_get_prints_the_columns(cluster: LocalCluster, namespace: str) -
     cluster.kubectl("patch", api.INCIDENT_PLURAL, "shell", "-n", namespace,
                     "--subresource=status", "--type=merge", "-p", json.dumps({"status": {
                         "phase": "Containing", "playbook": {"name": "contain"},
-                        "signalCount": 2}}))
+                        "signalCount": 2, "conditions": [{
+                            "type": "Isolated", "status": "False", "reason": "IsolationDefeated",
+                            "message": "web-1: ingress from anywhere",
+                            "lastTransitionTime": "2026-12-01T00:00:00Z"}]}}))
 
     assert header(cluster, namespace, "si") == [
-        "NAME", "PHASE", "SEVERITY", "TARGET", "PLAYBOOK", "SIGNALS", "AGE"]
+        "NAME", "PHASE", "SEVERITY", "TARGET", "ISOLATED", "PLAYBOOK", "SIGNALS", "AGE"]
     row = cluster.kubectl("get", "si", "shell", "-n", namespace, "--no-headers").split()
-    assert row[:6] == ["shell", "Containing", "critical", "web-1", "contain", "2"]
+    assert row[:7] == ["shell", "Containing", "critical", "web-1", "False", "contain", "2"]
 
     assert header(cluster, namespace, "rpb") == [
         "NAME", "MODE", "PRIORITY", "STEPS", "READY", "AGE"]

@@ -383,6 +383,12 @@ FORENSIC_TARGET = PodView("forensics", "kit", {"app": "kit", quarantine_label(KE
     (policy("kube-system-53", {}, types=["Egress"], egress=[{"to": [{"namespaceSelector": {
         "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}], "ports": DNS_PORTS}]),
      TARGET, Allowances(dns_namespace="kube-system"), []),
+    # the whole DNS namespace is judged by every pod that may ever run there, not by
+    # who runs there today: only a DNS selector of the whole namespace covers it
+    (policy("kube-system-53-today", {}, types=["Egress"], egress=[{"to": [{"namespaceSelector": {
+        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}], "ports": DNS_PORTS}]),
+     TARGET, Allowances(dns_namespace="kube-system", dns_selector={"k8s-app": "kube-dns"}),
+     [("egress", "kube-system-53-today")]),
     # a whole DNS namespace with no pod in it yet could hold anything
     (policy("empty-53", {}, types=["Egress"], egress=[{"to": [{"namespaceSelector": {
         "matchLabels": {"kubernetes.io/metadata.name": "empty"}}}], "ports": DNS_PORTS}]),
