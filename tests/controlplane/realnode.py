@@ -523,7 +523,10 @@ def clean_host(state: Path) -> None:
     _kill_node_processes(state, [Path(what) for kind, what in entries if kind == "cgroup"])
     _unmount_below(state)
     _clean_netns(state)
-    _clean_netfilter(state)
+    if not [f for f in live_node_folders() if f != state]:
+        # The KUBE-* chains and sets are shared by whichever node runs: never pull
+        # them from under a live one.
+        _clean_netfilter(state)
     for kind, what in reversed(entries):
         if kind == "link":
             _run("ip", "link", "del", what, check=False)

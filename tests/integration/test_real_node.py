@@ -14,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from firebreak.actions.base import ActionContext
 from firebreak.actions.snapshot import Snapshot
+from firebreak.config import OperatorConfig
 from tests.controlplane import LocalCluster, RealNode
 from tests.helpers import client_pod, fetch, start_pods, wait_for, web_pod
 
@@ -51,7 +52,9 @@ def test_snapshot_stores_the_real_container_logs(
 ) -> None:
     ips = start_pods(core, namespace, web_pod("web"), client_pod("client"))
     assert fetch(cluster.kubectl, namespace, "client", ips["web"])
-    action, ctx = Snapshot(), make_context("Pod", "web", step="evidence")
+    # Evidence goes to the operator's namespace: here, the test's own.
+    action = Snapshot()
+    ctx = make_context("Pod", "web", step="evidence", config=OperatorConfig(namespace=namespace))
     params = action.parse({"storage": "configMap"})
 
     applied = action.apply(ctx, params, action.prepare(ctx, params).record)
