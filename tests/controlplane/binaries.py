@@ -3,11 +3,12 @@
 kind needs a container engine; this project's tests need a real API server and one
 real node, so we build kube-apiserver, kube-controller-manager, kube-scheduler,
 kubectl, etcd, kubelet and kwok from the Go modules pinned in ``kubernetes/go.mod``
-and ``kwok/go.mod``, and kube-router (the real node's NetworkPolicy enforcer) from
-``kuberouter/go.mod``.
+and ``kwok/go.mod``, kube-router (the real node's NetworkPolicy enforcer) from
+``kuberouter/go.mod``, and cyclonus (an independent NetworkPolicy analyser the tests
+check the quarantine judge against) from ``cyclonus/go.mod``.
 
 The result is cached under ``~/.cache/firebreak/controlplane/<key>``, where the key
-hashes the two module files and the Go version: a second run finds the binaries and
+hashes the module files and the Go version: a second run finds the binaries and
 returns in well under a second, and a change of any pin builds a fresh set. Go's own
 build cache keeps a rebuild after a pin change incremental.
 """
@@ -27,7 +28,8 @@ HERE = Path(__file__).resolve().parent
 KUBERNETES_MODULE = HERE / "kubernetes"
 KWOK_MODULE = HERE / "kwok"
 KUBE_ROUTER_MODULE = HERE / "kuberouter"
-MODULES = (KUBERNETES_MODULE, KWOK_MODULE, KUBE_ROUTER_MODULE)
+CYCLONUS_MODULE = HERE / "cyclonus"
+MODULES = (KUBERNETES_MODULE, KWOK_MODULE, KUBE_ROUTER_MODULE, CYCLONUS_MODULE)
 
 # kwok's stage definitions (what a fake node or pod does over time) ship in its
 # module; they are read from there at build time rather than copied into this repo.
@@ -48,6 +50,7 @@ KUBERNETES_PROGRAMS = {
     "etcd": "go.etcd.io/etcd/server/v3",
 }
 KUBE_ROUTER_PROGRAMS = {"kube-router": "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"}
+CYCLONUS_PROGRAMS = {"cyclonus": "github.com/mattfenwick/cyclonus/cmd/cyclonus"}
 
 
 @dataclass(frozen=True)
@@ -133,12 +136,21 @@ def module_dir(module: str, within: Path = KUBERNETES_MODULE) -> Path:
     ).stdout.strip())
 
 
+def built(program: str) -> Path | None:
+    """The cached binary for the pinned versions, if it has been built; never builds."""
+    go = shutil.which("go")
+    if go is None:
+        return None
+    path = cache_root() / _cache_key(go) / program
+    return path if path.is_file() else None
+
+
 def ensure_binaries() -> Binaries:
     """Return the binaries for the pinned versions, building them on first use."""
     go = _go()
     target = cache_root() / _cache_key(go)
     binaries = Binaries(target)
-    wanted = [*KUBERNETES_PROGRAMS, *KUBE_ROUTER_PROGRAMS, "kwok"]
+    wanted = [*KUBERNETES_PROGRAMS, *KUBE_ROUTER_PROGRAMS, *CYCLONUS_PROGRAMS, "kwok"]
     if all(binaries[p].is_file() for p in wanted) and binaries.kwok_stages.is_file():
         return binaries
 
@@ -150,6 +162,7 @@ def ensure_binaries() -> Binaries:
            _version_ldflags(binaries.kubernetes_version))
     _build(go, KWOK_MODULE, partial, {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}, "-s -w")
     _build(go, KUBE_ROUTER_MODULE, partial, KUBE_ROUTER_PROGRAMS, "-s -w")
+    _build(go, CYCLONUS_MODULE, partial, CYCLONUS_PROGRAMS, "-s -w")
 
     kwok_dir = module_dir("sigs.k8s.io/kwok", KWOK_MODULE)
     stages = [Path(kwok_dir, stage).read_text() for stage in KWOK_STAGES]
