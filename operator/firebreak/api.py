@@ -20,6 +20,9 @@ INCIDENT_PLURAL = "securityincidents"
 PLAYBOOK_PLURAL = "responseplaybooks"
 # Held by every incident until its applied steps are reverted (see handlers.release).
 FINALIZER = f"{GROUP}/finalizer"
+# Set by intake on an incident with nothing to act on: why its target was dropped, or
+# that its namespace does not exist.
+TARGET_PROBLEM_ANNOTATION = f"{GROUP}/target-problem"
 
 
 class Model(BaseModel):
@@ -448,6 +451,10 @@ class SecurityIncidentStatus(Model):
     signal_count: int | None = Field(default=None, description="How many times the signal arrived.")
     first_seen: AwareDatetime | None = Field(default=None, description="First arrival of the signal.")
     last_seen: AwareDatetime | None = Field(default=None, description="Latest arrival of the signal.")
+    signal_times: list[str] | None = Field(
+        default=None, max_length=16,
+        description="Times of the latest signals counted (at most 16): a delivery of a signal "
+                    "already counted is not counted again.")
     time_to_contain_seconds: float | None = Field(
         default=None, description="Seconds from the first signal until every step was applied.")
 

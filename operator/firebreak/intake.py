@@ -4,14 +4,26 @@ The incident's name comes from the signal's fingerprint, so deliveries that race
 (Alertmanager retries, an HA pair, two operator replicas) all name the same
 object: the first create wins, the rest find it and count themselves in
 ``status.signalCount`` with optimistic concurrency (``resourceVersion``), so no
-count is lost. An alert that fires again after its incident was resolved opens a
-successor (``<name>-2``, ``-3`` ...): a resolved incident is never re-armed.
+count is lost. A delivery of a signal already counted (same fingerprint, same
+time: a retry after the sender gave up waiting, or Alertmanager repeating a
+notification) moves ``lastSeen`` but is not counted again; the times counted are
+kept in ``status.signalTimes``. An alert that fires again after its incident was
+resolved opens a successor (``<name>-2``, ``-3`` ...): a resolved incident is
+never re-armed.
+
+Incidents live with their target. A signal whose target's namespace does not
+exist is still a security signal: it is recorded in the operator's namespace, its
+target kept, with the reason in the ``firebreak.dev/target-problem`` annotation
+(as is the reason a payload's target was dropped), and the engine acts on none.
 
 A ``resolved`` notification never triggers containment. It ends an incident only
 when the incident's playbook says ``release: onSignalResolved``.
 
-Callers acknowledge the sender only after ``record`` returns: by then the incident
-is stored. A ``TemporaryApiError`` means nothing can be promised (answer 503).
+Storing runs in two moves, so that a whole notification is decided before any of
+it is written: ``prepare`` reads (the workload behind a pod) and builds the
+incident; ``store`` writes it. Callers acknowledge the sender only after ``store``
+returns: by then the incident is stored. Every call fits in the caller's
+``Deadline``; a ``TemporaryApiError`` means nothing can be promised (answer 503).
 """
 
 from __future__ import annotations
@@ -19,41 +31,93 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 from .actions.workloads import controller_of, read_object
-from .api import FINALIZER, GROUP, INCIDENT_PLURAL, PLAYBOOK_PLURAL, VERSION, ReleasePolicy, TargetKind
+from .api import (
+    FINALIZER,
+    GROUP,
+    INCIDENT_PLURAL,
+    PLAYBOOK_PLURAL,
+    TARGET_PROBLEM_ANNOTATION,
+    VERSION,
+    ReleasePolicy,
+    TargetKind,
+)
 from .config import OperatorConfig
-from .kube import Conflict, Forbidden, Kube, PermanentApiError, call, create, read
+from .kube import (
+    REQUEST_TIMEOUT,
+    Conflict,
+    Forbidden,
+    Kube,
+    NotFound,
+    PermanentApiError,
+    TemporaryApiError,
+    call,
+    create,
+    read,
+    read_raw,
+)
 from .sources.signal import Signal, SignalStatus, incident_name
 
 log = logging.getLogger(__name__)
 
 SUCCESSOR_LIMIT = 50
-# The sender waits for our answer: give up on an unreachable API server after this
-# long and answer 503, so that it retries later rather than timing out.
+# Without a caller's deadline (pollers, Trivy reports), give up on an unreachable API
+# server after this long per call; the caller tries again later.
 RETRY_SECONDS = 5.0
 CONFLICT_RETRIES = 20
-LABEL_LIMIT = 64
-LABEL_VALUE_LIMIT = 256
 LOCK_STRIPES = 64
 RECENT_LIMIT = 10_000
+SIGNAL_TIMES_LIMIT = 16
 WORKLOAD_KIND_LABEL = "firebreak.dev/workload-kind"
 WORKLOAD_NAME_LABEL = "firebreak.dev/workload-name"
+TARGET_PROBLEM = TARGET_PROBLEM_ANNOTATION
+
+Outcome = Literal["created", "updated", "repeated", "released", "ignored"]
 
 
 @dataclass(frozen=True)
 class Recorded:
     namespace: str
     name: str
-    outcome: Literal["created", "updated", "released", "ignored"]
+    outcome: Outcome
 
     def to_json(self) -> dict[str, str]:
         return {"namespace": self.namespace, "name": self.name, "outcome": self.outcome}
+
+
+class Deadline:
+    """When the sender must have its answer. Each API call gets what is left (for its
+    retries and as the request's own timeout); none starts once it has passed."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.clock = seconds, clock
+        self.end = clock() + seconds
+
+    def remaining(self) -> float:
+        return self.end - self.clock()
+
+    def options(self, retry_for: float) -> dict[str, Any]:
+        left = self.remaining()
+        if left <= 0:
+            raise TemporaryApiError(f"the API server did not answer within {self.seconds:g}s")
+        return {"retry_for": min(retry_for, left), "_request_timeout": min(REQUEST_TIMEOUT, left)}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A signal ready to store: where, under which name, and the incident to create."""
+
+    signal: Signal
+    namespace: str
+    base: str
+    body: dict[str, Any] | None = None  # None for a resolved signal
 
 
 def _now() -> dt.datetime:
@@ -88,43 +152,79 @@ class Intake:
             return self.config.namespace
         return target.namespace
 
-    def record(self, signal: Signal) -> Recorded:
-        namespace = self.namespace_for(signal)
-        base = incident_name(signal)
-        with self._locks[zlib.crc32(base.encode()) % LOCK_STRIPES]:
-            if signal.status is SignalStatus.resolved:
-                return self._release(namespace, base, signal)
-            return self._fire(namespace, base, signal)
+    def record(self, signal: Signal, deadline: Deadline | None = None) -> Recorded:
+        return self.store(self.prepare(signal, deadline), deadline)
+
+    def prepare(self, signal: Signal, deadline: Deadline | None = None) -> Prepared:
+        """Everything but the writes: may read the API (a pod's workload)."""
+        # Validated again: a copy made with model_copy skipped the checks.
+        signal = Signal.model_validate(signal.model_dump())
+        prepared = Prepared(signal, self.namespace_for(signal), incident_name(signal))
+        if signal.status is SignalStatus.resolved:
+            return prepared
+        return replace(prepared, body=self._incident(signal, deadline))
+
+    def store(self, prepared: Prepared, deadline: Deadline | None = None) -> Recorded:
+        with self._locks[zlib.crc32(prepared.base.encode()) % LOCK_STRIPES]:
+            if prepared.body is None:
+                return self._release(prepared, deadline)
+            return self._fire(prepared, deadline)
+
+    def _options(self, deadline: Deadline | None) -> dict[str, Any]:
+        return deadline.options(self.retry_for) if deadline is not None \
+            else {"retry_for": self.retry_for}
 
     # --- firing ---------------------------------------------------------------
 
-    def _fire(self, namespace: str, base: str, signal: Signal) -> Recorded:
+    def _fire(self, prepared: Prepared, deadline: Deadline | None) -> Recorded:
+        namespace, base, body = prepared.namespace, prepared.base, prepared.body
+        assert body is not None
         now = self.clock()
-        body: dict[str, Any] | None = None
+        time_ = _timestamp(prepared.signal.time) if prepared.signal.time else None
         # A fingerprint not seen lately is most likely new: try to create at once
         # (no read), and fall back to reading on a conflict.
         fresh = self._remember(namespace, base)
         for generation in range(1, SUCCESSOR_LIMIT + 1):
             name = base if generation == 1 else f"{base}-{generation}"
-            existing = None if fresh and generation == 1 else self._read(namespace, name)
+            existing = None if fresh and generation == 1 else self._read(namespace, name, deadline)
             if existing is None:
-                body = body or self._incident(signal)
-                created = cast(dict[str, Any] | None, create(
-                    self.kube.custom.create_namespaced_custom_object, GROUP, VERSION, namespace,
-                    INCIDENT_PLURAL, {**body, "metadata": {**body["metadata"], "name": name}},
-                    retry_for=self.retry_for))
+                try:
+                    created = cast(dict[str, Any] | None, create(
+                        self.kube.custom.create_namespaced_custom_object, GROUP, VERSION,
+                        namespace, INCIDENT_PLURAL,
+                        {**body, "metadata": {**body["metadata"], "name": name}},
+                        **self._options(deadline)))
+                except NotFound:
+                    if namespace == self.config.namespace \
+                            or self._namespace_exists(namespace, deadline):
+                        raise  # not a missing namespace: the CRD is not installed
+                    return self._fire(self._elsewhere(prepared), deadline)
                 if created is not None:
-                    self._count(namespace, name, now, created)
+                    self._count(namespace, name, now, time_, created, deadline)
                     return Recorded(namespace, name, "created")
-                existing = self._read(namespace, name)  # another delivery won the race
+                existing = self._read(namespace, name, deadline)  # another delivery won
                 if existing is None:
                     continue
             if (existing.get("spec") or {}).get("resolution"):
                 continue  # resolved: this firing opens a successor
-            self._count(namespace, name, now, existing)
-            return Recorded(namespace, name, "updated")
+            counted = self._count(namespace, name, now, time_, existing, deadline)
+            return Recorded(namespace, name, "updated" if counted else "repeated")
         raise PermanentApiError(
             f"{SUCCESSOR_LIMIT} resolved incidents already exist for {namespace}/{base}")
+
+    def _namespace_exists(self, namespace: str, deadline: Deadline | None) -> bool:
+        return read_raw(self.kube.core.read_namespace, namespace,
+                        **self._options(deadline)) is not None
+
+    def _elsewhere(self, prepared: Prepared) -> Prepared:
+        """The signal recorded in the operator's namespace, because its own is gone."""
+        assert prepared.body is not None
+        problem = f"namespace {prepared.namespace} does not exist"
+        log.info("%s: %s; recorded in %s", prepared.base, problem, self.config.namespace)
+        meta = prepared.body["metadata"]
+        annotations = {**meta.get("annotations", {}), TARGET_PROBLEM: problem}
+        body = {**prepared.body, "metadata": {**meta, "annotations": annotations}}
+        return replace(prepared, namespace=self.config.namespace, body=body)
 
     def _remember(self, namespace: str, base: str) -> bool:
         """Note a fingerprint's incident; True when it was not seen recently."""
@@ -137,66 +237,69 @@ class Intake:
                 self._recent.popitem(last=False)
         return not seen
 
-    def _read(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def _read(self, namespace: str, name: str, deadline: Deadline | None) -> dict[str, Any] | None:
         result = read(self.kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
-                      INCIDENT_PLURAL, name, retry_for=self.retry_for)
+                      INCIDENT_PLURAL, name, **self._options(deadline))
         return cast(dict[str, Any] | None, result)
 
-    def _count(self, namespace: str, name: str, now: dt.datetime,
-               current: dict[str, Any]) -> None:
-        """Add one to signalCount (first/lastSeen too), retrying on write conflicts."""
+    def _count(self, namespace: str, name: str, now: dt.datetime, time_: str | None,
+               current: dict[str, Any], deadline: Deadline | None) -> bool:
+        """Add one to signalCount (first/lastSeen too), retrying on write conflicts;
+        False when this signal's time was counted already (only lastSeen moves)."""
         for _ in range(CONFLICT_RETRIES):
             status = current.get("status") or {}
-            patch = {
+            times = list(status.get("signalTimes") or [])
+            repeat = time_ is not None and time_ in times
+            patch: dict[str, Any] = {
                 "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
-                "status": {
-                    "signalCount": int(status.get("signalCount") or 0) + 1,
-                    "firstSeen": status.get("firstSeen") or _timestamp(now),
-                    "lastSeen": _timestamp(now),
-                },
+                "status": {"firstSeen": status.get("firstSeen") or _timestamp(now),
+                           "lastSeen": _timestamp(now)},
             }
+            if not repeat:
+                patch["status"]["signalCount"] = int(status.get("signalCount") or 0) + 1
+                if time_ is not None:
+                    patch["status"]["signalTimes"] = [*times, time_][-SIGNAL_TIMES_LIMIT:]
             try:
                 call(self.kube.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
-                     namespace, INCIDENT_PLURAL, name, patch, retry_for=self.retry_for)
-                return
+                     namespace, INCIDENT_PLURAL, name, patch, **self._options(deadline))
+                return not repeat
             except Conflict:
                 pass
-            fresh = self._read(namespace, name)
+            fresh = self._read(namespace, name, deadline)
             if fresh is None:
                 raise PermanentApiError(f"incident {namespace}/{name} was deleted while counting")
             current = fresh
         raise PermanentApiError(f"incident {namespace}/{name}: too many concurrent updates")
 
-    def _incident(self, signal: Signal) -> dict[str, Any]:
-        labels = {k: v[:LABEL_VALUE_LIMIT] for k, v in sorted(signal.labels.items())[:LABEL_LIMIT]}
+    def _incident(self, signal: Signal, deadline: Deadline | None) -> dict[str, Any]:
+        labels = dict(signal.labels)
         target = signal.target
         if target is not None and target.namespace:
-            target, labels = self._relate_to_workload(signal, labels)
+            target, labels = self._relate_to_workload(signal, labels, deadline)
         spec: dict[str, Any] = {
             "source": signal.source.value,
             "fingerprint": signal.fingerprint,
             "severity": signal.severity.value,
-            "title": signal.title[:1024],
+            "title": signal.title,
             "labels": labels,
         }
         if signal.description:
-            spec["description"] = signal.description[:8192]
+            spec["description"] = signal.description
         if signal.alert_name:
             spec["alertName"] = signal.alert_name
         if target is not None:
             spec["target"] = target.to_api()
-        return {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "SecurityIncident",
-            # Set at creation, the finalizer spares the operator the extra write (and
-            # round trip) of adding it before the first step can run.
-            "metadata": {"labels": {"firebreak.dev/source": signal.source.value},
-                         "finalizers": [FINALIZER]},
-            "spec": spec,
-        }
+        # Set at creation, the finalizer spares the operator the extra write (and
+        # round trip) of adding it before the first step can run.
+        metadata: dict[str, Any] = {"labels": {"firebreak.dev/source": signal.source.value},
+                                    "finalizers": [FINALIZER]}
+        if signal.target_problem:
+            metadata["annotations"] = {TARGET_PROBLEM: signal.target_problem}
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SecurityIncident",
+                "metadata": metadata, "spec": spec}
 
-    def _relate_to_workload(self, signal: Signal, labels: dict[str, str]
-                            ) -> tuple[Any, dict[str, str]]:
+    def _relate_to_workload(self, signal: Signal, labels: dict[str, str],
+                            deadline: Deadline | None) -> tuple[Any, dict[str, str]]:
         """Name the workload behind a pod (ReplicaSet -> Deployment) in the labels, so
         playbooks can match on it; a ReplicaSet target becomes its Deployment.
 
@@ -205,11 +308,12 @@ class Intake:
         target = signal.target
         assert target is not None
         try:
-            obj = read_object(self.kube, target.kind.value, target.namespace, target.name)
+            obj = read_object(self.kube, target.kind.value, target.namespace, target.name,
+                              **self._options(deadline))
             owner = controller_of(obj) if obj is not None else None
             if owner is not None and owner["kind"] == "ReplicaSet":
                 replicaset = read_object(self.kube, "ReplicaSet", target.namespace,
-                                         owner["name"])
+                                         owner["name"], **self._options(deadline))
                 owner = (controller_of(replicaset) if replicaset is not None else None) or owner
         except Forbidden:
             return target, labels
@@ -224,34 +328,46 @@ class Intake:
 
     # --- resolved ---------------------------------------------------------------
 
-    def _release(self, namespace: str, base: str, signal: Signal) -> Recorded:
-        latest: tuple[str, dict[str, Any]] | None = None
-        for generation in range(1, SUCCESSOR_LIMIT + 1):
-            name = base if generation == 1 else f"{base}-{generation}"
-            found = self._read(namespace, name)
-            if found is None:
-                break
-            latest = (name, found)
+    def _release(self, prepared: Prepared, deadline: Deadline | None) -> Recorded:
+        namespace, base = prepared.namespace, prepared.base
+        latest = self._latest(namespace, base, deadline)
+        if latest is None and namespace != self.config.namespace:
+            # Recorded in the operator's namespace, when its own did not exist.
+            namespace = self.config.namespace
+            latest = self._latest(namespace, base, deadline)
         if latest is None:
-            return Recorded(namespace, base, "ignored")
+            return Recorded(prepared.namespace, base, "ignored")
         name, incident = latest
         if (incident.get("spec") or {}).get("resolution"):
             return Recorded(namespace, name, "ignored")
         playbook = (incident.get("status") or {}).get("playbook")
-        if not playbook or not self._releases_on_resolve(playbook):
+        if not playbook or not self._releases_on_resolve(playbook, deadline):
             return Recorded(namespace, name, "ignored")
         call(self.kube.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace,
              INCIDENT_PLURAL, name,
              {"spec": {"resolution": {"reason": "the signal resolved",
-                                      "by": signal.source.value}}}, retry_for=self.retry_for)
+                                      "by": prepared.signal.source.value}}},
+             **self._options(deadline))
         log.info("%s/%s: released, its signal resolved", namespace, name)
         return Recorded(namespace, name, "released")
 
-    def _releases_on_resolve(self, ref: dict[str, str]) -> bool:
+    def _latest(self, namespace: str, base: str, deadline: Deadline | None
+                ) -> tuple[str, dict[str, Any]] | None:
+        """The newest incident of this signal (the last successor), if any."""
+        latest: tuple[str, dict[str, Any]] | None = None
+        for generation in range(1, SUCCESSOR_LIMIT + 1):
+            name = base if generation == 1 else f"{base}-{generation}"
+            found = self._read(namespace, name, deadline)
+            if found is None:
+                break
+            latest = (name, found)
+        return latest
+
+    def _releases_on_resolve(self, ref: dict[str, str], deadline: Deadline | None) -> bool:
         playbook = cast(dict[str, Any] | None, read(
                         self.kube.custom.get_namespaced_custom_object, GROUP, VERSION,
                         ref.get("namespace", self.config.namespace), PLAYBOOK_PLURAL, ref["name"],
-                        retry_for=self.retry_for))
+                        **self._options(deadline)))
         if playbook is None:
             return False
         release = (playbook.get("spec") or {}).get("release")

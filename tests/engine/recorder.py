@@ -17,7 +17,9 @@ and the API group list.
 Every write is recorded, in order, as a ``Write``; tests assert the exact writes.
 ``crash_after = n`` makes the n-th write land and then raises ``Crash`` (a
 BaseException, like the process being killed: the caller never sees the answer).
-``fail(...)`` makes chosen requests answer with an error status.
+``fail(...)`` makes chosen requests answer with an error status. With
+``strict_namespaces`` a namespaced create needs its Namespace object (404 otherwise,
+as from the API server); without it every namespace exists.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ class Recorder:
         ("apps", "v1"), ("batch", "v1"), ("networking.k8s.io", "v1"), ("firebreak.dev", "v1alpha1")])
     crash_after: int | None = None
     failures: list[Failure] = field(default_factory=list)
+    strict_namespaces: bool = False
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
@@ -332,6 +335,8 @@ class Recorder:
             meta["name"] = f"{meta['generateName']}{next(self._names):05d}"
         if namespaced:
             meta["namespace"] = namespace
+            if self.strict_namespaces and ("namespaces", None, namespace) not in self.objects:
+                raise Refusal(404, f'namespaces "{namespace}" not found')
         key = self._key(resource, namespace, meta["name"])
         if key in self.objects:
             raise Refusal(409, f'{resource} "{meta["name"]}" already exists', "AlreadyExists")

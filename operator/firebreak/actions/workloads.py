@@ -28,13 +28,16 @@ def _reader(kube: Kube, kind: str) -> Callable[..., Any] | None:
     }.get(kind)
 
 
-def read_object(kube: Kube, kind: str, namespace: str | None, name: str) -> Obj | None:
+def read_object(kube: Kube, kind: str, namespace: str | None, name: str,
+                **options: Any) -> Obj | None:
+    """The object, or None when it does not exist; ``options`` go to ``kube.call``
+    (``retry_for``, ``_request_timeout``)."""
     if kind == "Node":
-        return read_raw(kube.core.read_node, name)
+        return read_raw(kube.core.read_node, name, **options)
     reader = _reader(kube, kind)
     if reader is None or namespace is None:
         return None
-    return read_raw(reader, name, namespace)
+    return read_raw(reader, name, namespace, **options)
 
 
 def read_target(kube: Kube, target: Target) -> Obj:
