@@ -25,6 +25,8 @@ ORDER = (TRIAGED, APPROVED, CONTAINED, ISOLATED, RESOLVED)
 # Reasons (CamelCase, also used for Kubernetes Events).
 PLAYBOOK_SELECTED = "PlaybookSelected"
 NO_MATCHING_PLAYBOOK = "NoMatchingPlaybook"
+NO_TARGET = "NoTarget"
+TARGET_NOT_FOUND = "TargetNotFound"
 INVALID_PLAYBOOK = "InvalidPlaybook"
 PLAN_REFUSED = "PlanRefused"
 APPROVAL_NOT_REQUIRED = "ApprovalNotRequired"
@@ -48,8 +50,8 @@ ISOLATION_DEFEATED = "IsolationDefeated"
 QUARANTINE_RESTORED = "QuarantineRestored"
 
 # Reasons after which nothing will run: the incident ends without containment.
-SUPPRESSING = {NO_MATCHING_PLAYBOOK, REJECTED_BY_PERSON, APPROVAL_TIMED_OUT, DRY_RUN,
-               PLAYBOOK_DELETED}
+SUPPRESSING = {NO_MATCHING_PLAYBOOK, NO_TARGET, TARGET_NOT_FOUND, REJECTED_BY_PERSON,
+               APPROVAL_TIMED_OUT, DRY_RUN, PLAYBOOK_DELETED}
 
 
 def find(conditions: Sequence[Condition] | None, type_: str) -> Condition | None:

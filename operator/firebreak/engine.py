@@ -31,6 +31,7 @@ from .actions.base import Action, ActionContext, ActionRefused, IncidentRef, Rec
 from .api import (
     GROUP,
     INCIDENT_PLURAL,
+    TARGET_PROBLEM_ANNOTATION,
     VERSION,
     ActionName,
     ActionStatus,
@@ -252,6 +253,8 @@ class Run:
     def triage(self, playbooks: list[PlaybookCandidate]) -> None:
         if c.find(self.conditions, c.TRIAGED) is None:
             self.condition(c.TRIAGED, ConditionStatus.unknown, "Triaging", "choosing a playbook")
+        if self._nothing_to_act_on():
+            return
         chosen = self._choose(playbooks)
         if chosen is None:
             return
@@ -285,6 +288,21 @@ class Run:
                            f"spec.approval")
             self.note(c.AWAITING_APPROVAL, "a person must approve before any step runs")
         self.condition(c.CONTAINED, ConditionStatus.false, c.NOT_STARTED, "no step has run yet")
+
+    def _nothing_to_act_on(self) -> bool:
+        """A signal recorded for people to see, not to act on: it names no target (or
+        intake dropped one Kubernetes could not name), or its namespace does not exist."""
+        problem = (self.body["metadata"].get("annotations") or {}).get(TARGET_PROBLEM_ANNOTATION)
+        if self.spec.target is None:
+            reason = c.NO_TARGET
+            message = f"nothing to act on: {problem or 'the signal names no object'}"
+        elif problem:
+            reason, message = c.TARGET_NOT_FOUND, f"nothing to act on: {problem}"
+        else:
+            return False
+        self.condition(c.TRIAGED, ConditionStatus.false, reason, message)
+        self.note(reason, message)
+        return True
 
     def _choose(self, playbooks: list[PlaybookCandidate]) -> PlaybookCandidate | None:
         operator_ns = self.engine.config.namespace
