@@ -75,6 +75,18 @@ class OperatorConfig(BaseModel):
     webhook_body_limit: int = Field(
         default=1024 * 1024, ge=1024,
         description="Largest request body accepted, in bytes; larger ones get 413.")
+    webhook_answer_seconds: float = Field(
+        default=5.0, gt=0, le=60,
+        description="Longest the webhook waits for the API server to store a payload's "
+                    "incidents (and for a free request slot) before answering 503 with "
+                    "Retry-After.")
+    webhook_read_seconds: float = Field(
+        default=10.0, gt=0, le=300,
+        description="A client must send its whole request body within this many seconds; "
+                    "slower ones get 408.")
+    webhook_max_requests: int = Field(
+        default=32, ge=1,
+        description="Requests the webhook handles at once; more wait for a slot, then get 503.")
 
     # --- intake: pull sources
     prometheus_url: str | None = Field(
