@@ -154,17 +154,38 @@ async def test_bad_requests_change_nothing(
     assert count(custom, namespace) == 1
 
 
-async def test_fifty_concurrent_deliveries_count_fifty(
+async def test_fifty_concurrent_firings_count_fifty(
     webhook: Client, custom: client.CustomObjectsApi, namespace: str
 ) -> None:
-    same = payload(alert(namespace, fingerprint="0123456789abcdef"))
-    results = await asyncio.gather(*(webhook.post("/alertmanager", same) for _ in range(50)))
+    def firing(minute: int) -> dict[str, Any]:
+        return payload({**alert(namespace, fingerprint="0123456789abcdef"),
+                        "startsAt": f"2026-11-25T10:{minute:02}:00Z"})
+
+    results = await asyncio.gather(*(webhook.post("/alertmanager", firing(i))
+                                     for i in range(50)))
     assert [s for s, _ in results] == [200] * 50
     names = {b["incidents"][0]["name"] for _, b in results}
     assert len(names) == 1
     stored = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "securityincidents",
                                                  names.pop())
     assert stored["status"]["signalCount"] == 50
+    assert len(stored["status"]["signalTimes"]) == 16  # the latest, for recognising repeats
+    assert count(custom, namespace) == 1
+
+
+async def test_fifty_concurrent_repeats_of_one_delivery_count_once(
+    webhook: Client, custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    """Alertmanager's retries and repeated notifications carry the same alert, fired at
+    the same time: one occurrence, counted once, whichever delivery lands first."""
+    same = payload(alert(namespace, fingerprint="0123456789abcdef"))
+    results = await asyncio.gather(*(webhook.post("/alertmanager", same) for _ in range(50)))
+    assert [s for s, _ in results] == [200] * 50
+    outcomes = sorted(b["incidents"][0]["outcome"] for _, b in results)
+    assert outcomes.count("created") == 1 and outcomes.count("updated") == 0
+    stored = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "securityincidents",
+                                                 results[0][1]["incidents"][0]["name"])
+    assert stored["status"]["signalCount"] == 1
     assert count(custom, namespace) == 1
 
 
@@ -220,7 +241,8 @@ async def test_token_from_a_secret_and_tls(kube: Kube, core: client.CoreV1Api,
         async with ClientSession() as session:
             for token, expected in (("from-a-secret", 400), ("wrong", 401)):
                 async with session.post(f"https://127.0.0.1:{port}/alertmanager", data=b"{}",
-                                        headers={"Authorization": f"Bearer {token}"},
+                                        headers={"Authorization": f"Bearer {token}",
+                                                 "Content-Type": "application/json"},
                                         ssl=trust) as response:
                     # 400: authenticated, then refused as an empty payload.
                     assert response.status == expected
