@@ -114,6 +114,14 @@ def refusal(cls: type[web.HTTPError], message: str) -> web.HTTPError:
     return cls(text=json.dumps({"error": message}), content_type="application/json")
 
 
+def closing(request: web.Request, answer: web.HTTPError) -> web.HTTPError:
+    """The answer, and the connection closed after it: the rest of the body is not
+    read (aiohttp would otherwise linger over a stream that can only fail again)."""
+    request.content.feed_eof()
+    answer.force_close()
+    return answer
+
+
 def depth(value: Any) -> int:
     """How deeply arrays and objects nest in a parsed JSON value (without recursion)."""
     deepest, stack = 0, [(value, 1)]
@@ -284,12 +292,12 @@ class Webhook:
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
         except TimeoutError:
-            raise refusal(web.HTTPRequestTimeout,
-                          f"body not received within {self.config.webhook_read_seconds:g}s"
-                          ) from None
+            raise closing(request, refusal(
+                web.HTTPRequestTimeout,
+                f"body not received within {self.config.webhook_read_seconds:g}s")) from None
         except RequestPayloadError as exc:  # e.g. a Content-Encoding it is not in
-            raise refusal(web.HTTPBadRequest, f"body could not be read: {exc.__cause__ or exc}"
-                          ) from None
+            raise closing(request, refusal(
+                web.HTTPBadRequest, f"body could not be read: {exc.__cause__ or exc}")) from None
         data = parse_json(raw)
         try:
             return model.model_validate(data)
@@ -321,8 +329,9 @@ class Webhook:
             return await self._in_pool(store, prepared)
 
         try:
-            # A little grace over the deadline: every call is bounded by it already.
-            results = await asyncio.wait_for(both(), deadline.seconds + 1.0)
+            # Calls in flight are bounded by the deadline too, but a client library may
+            # retry a read on its own: the answer does not wait for that.
+            results = await asyncio.wait_for(both(), deadline.seconds)
         except (TemporaryApiError, TimeoutError) as exc:
             reason = exc if isinstance(exc, TemporaryApiError) else \
                 f"no answer within {deadline.seconds:g}s"
