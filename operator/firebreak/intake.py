@@ -61,7 +61,6 @@ from .kube import (
     call,
     create,
     read,
-    read_raw,
 )
 from .sources.signal import Signal, SignalStatus, incident_name
 
@@ -194,10 +193,12 @@ class Intake:
                         namespace, INCIDENT_PLURAL,
                         {**body, "metadata": {**body["metadata"], "name": name}},
                         **self._options(deadline)))
-                except NotFound:
+                except NotFound as exc:
+                    # The API server's own words for a namespace that does not exist
+                    # (a CRD not installed is a 404 too, and must not be taken for it).
                     if namespace == self.config.namespace \
-                            or self._namespace_exists(namespace, deadline):
-                        raise  # not a missing namespace: the CRD is not installed
+                            or f'namespaces "{namespace}" not found' not in str(exc):
+                        raise
                     return self._fire(self._elsewhere(prepared), deadline)
                 if created is not None:
                     self._count(namespace, name, now, time_, created, deadline)
@@ -211,10 +212,6 @@ class Intake:
             return Recorded(namespace, name, "updated" if counted else "repeated")
         raise PermanentApiError(
             f"{SUCCESSOR_LIMIT} resolved incidents already exist for {namespace}/{base}")
-
-    def _namespace_exists(self, namespace: str, deadline: Deadline | None) -> bool:
-        return read_raw(self.kube.core.read_namespace, namespace,
-                        **self._options(deadline)) is not None
 
     def _elsewhere(self, prepared: Prepared) -> Prepared:
         """The signal recorded in the operator's namespace, because its own is gone."""
