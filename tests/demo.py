@@ -214,11 +214,15 @@ def run_incident(cluster: LocalCluster, shop: Shopper, operator: subprocess.Pope
     incident = answer["incidents"][0]["name"]  # derived from the fingerprint
     watch_phases(cluster, "Contained", operator, log_path)
 
-    say("Contained. The isolating NetworkPolicy, the allow-all policy the pod was taken "
-        "out of, and the quarantined pod:")
+    say("Contained. The isolating NetworkPolicy, the allow-all policy (which no longer "
+        "selects the pod), and the quarantined pod:")
     print(kubectl("get", "networkpolicy", "-n", NS))
-    print("storefront-open now selects: " + kubectl(
-        "get", "networkpolicy", "storefront-open", "-n", NS, "-o", "jsonpath={.spec.podSelector}"))
+    # The playbook detaches the pod (its app label changes), which takes it out of
+    # storefront-open by itself; without that, the policy would get the exclusion term.
+    print("storefront-open selects: " + kubectl(
+        "get", "networkpolicy", "storefront-open", "-n", NS, "-o", "jsonpath={.spec.podSelector}")
+        + "; the quarantined pod's labels: " + kubectl(
+        "get", "pod", victim, "-n", NS, "-o", "jsonpath={.metadata.labels}"))
     print("Isolated: " + kubectl(
         "get", "securityincident", incident, "-n", NS, "-o",
         "jsonpath={.status.conditions[?(@.type=='Isolated')].message}") + "\n")
