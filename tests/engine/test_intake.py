@@ -5,25 +5,17 @@ write and its precondition is asserted."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from firebreak.api import FINALIZER, Severity, Source, Target, TargetKind
+from firebreak.api import FINALIZER, Target, TargetKind
 from firebreak.config import OperatorConfig
 from firebreak.intake import WORKLOAD_KIND_LABEL, WORKLOAD_NAME_LABEL, Intake
 from firebreak.kube import PermanentApiError, TemporaryApiError
-from firebreak.sources.signal import Signal, SignalStatus, incident_name
+from firebreak.sources.signal import SignalStatus, incident_name
 from tests.engine.recorder import Recorder
-from tests.engine.world import NS, OPERATOR_NS, Clock, add_app, incident, status
+from tests.engine.world import NS, OPERATOR_NS, Clock, add_app, alert_signal, incident, status
 
-
-def signal(pod: str = "web-5d9c-0", namespace: str = NS, **changes: Any) -> Signal:
-    base = Signal(source=Source.alertmanager, fingerprint="fp-1", severity=Severity.critical,
-                  title="Crypto miner", alert_name="CryptoMiner",
-                  target=Target(kind=TargetKind.pod, namespace=namespace, name=pod),
-                  labels={"alertname": "CryptoMiner"})
-    return base.model_copy(update=changes)
+signal = alert_signal
 
 
 NAME = incident_name(signal())

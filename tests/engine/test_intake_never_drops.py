@@ -16,23 +16,27 @@ from typing import Any
 
 import pytest
 
-from firebreak.api import Severity, Source, Target, TargetKind
 from firebreak.config import OperatorConfig
 from firebreak.intake import SIGNAL_TIMES_LIMIT, TARGET_PROBLEM, Deadline, Intake
 from firebreak.kube import NotFound, TemporaryApiError
 from firebreak.sources.signal import Signal, SignalStatus, incident_name
 from tests.engine.recorder import Crash, Recorder
-from tests.engine.world import NS, OPERATOR_NS, START, Clock, add_app, incident, status
+from tests.engine.world import (
+    NS,
+    OPERATOR_NS,
+    START,
+    Clock,
+    add_app,
+    alert_signal,
+    incident,
+    status,
+)
 
 FIRED = START - dt.timedelta(minutes=1)
 
 
 def signal(pod: str = "web-5d9c-0", namespace: str = NS, **changes: Any) -> Signal:
-    base = Signal(source=Source.alertmanager, fingerprint="fp-1", severity=Severity.critical,
-                  title="Crypto miner", alert_name="CryptoMiner", time=FIRED,
-                  target=Target(kind=TargetKind.pod, namespace=namespace, name=pod),
-                  labels={"alertname": "CryptoMiner"})
-    return base.model_copy(update=changes)
+    return alert_signal(pod, namespace, **{"time": FIRED, **changes})
 
 
 NAME = incident_name(signal())

@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from firebreak.api import ResponsePlaybookSpec
+from firebreak.api import ResponsePlaybookSpec, Severity, Source, Target, TargetKind
 from firebreak.matching import PlaybookCandidate
+from firebreak.sources.signal import Signal
 from tests.engine.recorder import Obj, Recorder
 
 OPERATOR_NS = "firebreak-system"
@@ -117,3 +118,12 @@ def states(api: Recorder, name: str = "miner", namespace: str = NS) -> dict[str,
 def condition(api: Recorder, type_: str, name: str = "miner",
               namespace: str = NS) -> dict[str, Any]:
     return next(c for c in status(api, name, namespace)["conditions"] if c["type"] == type_)
+
+
+def alert_signal(pod: str = "web-5d9c-0", namespace: str = NS, **changes: Any) -> Signal:
+    """An Alertmanager signal about a pod of the app ``add_app`` makes."""
+    base = Signal(source=Source.alertmanager, fingerprint="fp-1", severity=Severity.critical,
+                  title="Crypto miner", alert_name="CryptoMiner",
+                  target=Target(kind=TargetKind.pod, namespace=namespace, name=pod),
+                  labels={"alertname": "CryptoMiner"})
+    return base.model_copy(update=changes)
