@@ -67,6 +67,13 @@ def test_clip_never_exceeds_its_limit_and_keeps_what_fits(text: str, limit: int)
         assert clipped.endswith("\u2026") and clean(text).startswith(clipped[:-1])
 
 
+def test_a_delete_character_costs_its_escape() -> None:
+    # DEL (0x7f) is ASCII but JSON writes it as \u007f: found by the property above.
+    text = "\x1f\x1f\x1f\x7f\x1f"
+    clipped = clip(text, 27)
+    assert json_size(clipped) <= 27 and clipped == "\x1f\x1f\x1f\u2026"
+
+
 def test_lone_surrogates_become_replacement_characters() -> None:
     assert clean("a\ud800b\udfff") == "a\ufffdb\ufffd"
     assert clean("\U0001F600") == "\U0001F600"  # a real astral character stays

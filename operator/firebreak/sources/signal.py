@@ -224,7 +224,7 @@ _ESCAPED_SHORT = frozenset('"\\\b\f\n\r\t')
 def _cost(char: str) -> int:
     """Bytes of one character in ASCII-only JSON."""
     code = ord(char)
-    if code < 0x20:
+    if code < 0x20 or code == 0x7F:  # control characters (DEL too) are \u-escaped
         return 2 if char in _ESCAPED_SHORT else 6
     if code < 0x80:
         return 2 if char in _ESCAPED_SHORT else 1
