@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from kubernetes import client, config
 
 from firebreak.actions.base import ActionContext, IncidentRef
@@ -24,6 +25,11 @@ from tests.controlplane import LocalCluster, RealNode
 from tests.helpers import deployment, running_pods, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Property tests explore new inputs on every developer run; CI (HYPOTHESIS_PROFILE=ci)
+# replays the same derandomized examples, so a red CI always means a change did it.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")
