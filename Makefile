@@ -56,7 +56,7 @@ mutation: install
 	$(PY) -m tests.mutation --fail-under 95
 
 lint: install
-	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff check operator tests image
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
