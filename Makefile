@@ -8,7 +8,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 
-.PHONY: all install test unit lint mutation cluster cluster-down demo bench controlplane clean
+.PHONY: all install test unit lint mutation cluster cluster-down demo bench controlplane clean \
+	lock
 
 all: test
 
@@ -24,6 +25,10 @@ install: $(VENV)/.installed
 ## Build (or find in the cache) kube-apiserver, etcd, kwok and friends.
 controlplane: install
 	$(PY) -m tests.controlplane build
+
+## requirements-runtime.lock from requirements.lock: the runtime part, same versions and hashes.
+lock: install
+	$(PY) -m image.lock
 
 ## Everything: lint, types, unit tests, and the tests against the local control plane.
 test: install controlplane nodepackages alerting lint
