@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 
 .PHONY: all install test unit lint mutation cluster cluster-down demo bench controlplane clean \
-	lock
+	image lock
 
 all: test
 
@@ -25,6 +25,12 @@ install: $(VENV)/.installed
 ## Build (or find in the cache) kube-apiserver, etcd, kwok and friends.
 controlplane: install
 	$(PY) -m tests.controlplane build
+
+## The operator's image, without a container engine or a registry: Debian's packages (through
+## this machine's apt), the runtime-only lock, this checkout; dist/firebreak-<version>.tar.
+## Cached per layer in ~/.cache/firebreak/image/ (override: FIREBREAK_IMAGE_CACHE).
+image: install
+	$(PY) -m image
 
 ## requirements-runtime.lock from requirements.lock: the runtime part, same versions and hashes.
 lock: install
@@ -81,4 +87,4 @@ bench: controlplane nodepackages
 	$(PY) -m tests.bench_dataplane
 
 clean: cluster-down
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

@@ -1,2 +1,2 @@
-"""Container images built without a container engine or a registry: ``archive.py``
-writes the archives that containerd, Docker and Podman load."""
+"""The operator's container image, built without a container engine or a registry:
+``make image`` (``python -m image``). See ``build.py``."""
