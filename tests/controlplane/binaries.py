@@ -2,9 +2,9 @@
 
 kind needs a container engine; this project's tests need a real API server and one
 real node, so we build kube-apiserver, kube-controller-manager, kube-scheduler,
-kubectl, etcd, kubelet and kwok from the Go modules pinned in ``kubernetes/go.mod``
-and ``kwok/go.mod``, kube-router (the real node's NetworkPolicy enforcer) from
-``kuberouter/go.mod``, and cyclonus (an independent NetworkPolicy analyser the tests
+kubectl, etcd, kubelet, kube-proxy and kwok from the Go modules pinned in
+``kubernetes/go.mod`` and ``kwok/go.mod``, kube-router (the real node's NetworkPolicy
+enforcer) from ``kuberouter/go.mod``, and cyclonus (an independent NetworkPolicy analyser the tests
 check the quarantine judge against) from ``cyclonus/go.mod``.
 
 The result is cached under ``~/.cache/firebreak/controlplane/<key>``, where the key
@@ -47,6 +47,7 @@ KUBERNETES_PROGRAMS = {
     "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
     "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
     "etcd": "go.etcd.io/etcd/server/v3",
 }
 KUBE_ROUTER_PROGRAMS = {"kube-router": "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"}

@@ -40,9 +40,8 @@ import yaml
 
 from .binaries import Binaries, ensure_binaries
 from .pki import Authority, write_control_plane_pki
-from .realnode import RealNode, clean_host, drain, sweep, unavailable_reason
+from .realnode import SERVICE_CIDR, RealNode, clean_host, drain, sweep, unavailable_reason
 
-SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 KWOK_NODE_LABEL = "firebreak.dev/fake-node"
 CONTROLLERS = (
@@ -190,7 +189,7 @@ class LocalCluster:
         if node is None:
             return
         node.drain()
-        for name in ("kube-router", "kubelet", "containerd"):
+        for name in ("kube-proxy", "apiserver-relay", "kube-router", "kubelet", "containerd"):
             proc = self.processes.pop(name, None)
             if proc is not None:
                 _terminate(proc.pid, proc)
@@ -236,7 +235,8 @@ class LocalCluster:
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             # The default reconciler would publish 127.0.0.1 as the `kubernetes`
-            # Service endpoint; nothing inside this cluster needs to reach it.
+            # Service endpoint, which no pod can reach; the real node publishes its
+            # bridge address instead (realnode.py), where pods do reach the API server.
             "--endpoint-reconciler-type=none",
             f"--secure-port={port}",
             f"--cert-dir={pki}",

@@ -6,11 +6,17 @@ checked as an object. This node is real: Debian's containerd and runc, a kubelet
 built from the pinned Kubernetes module, the bridge and host-local CNI plugins on a
 bridge made here, and kube-router's firewall controller (iptables and ipset, the
 policy enforcer k3s embeds) run with the firewall alone. Pods are processes in
-network namespaces of their own; ``kubectl logs`` and ``kubectl exec`` work.
+network namespaces of their own; ``kubectl logs`` and ``kubectl exec`` work. kube-proxy
+(built from the same module, iptables mode) makes Services work on the node, and the
+API server is published at the bridge address as the ``kubernetes`` Service's endpoint
+(``relay.py``), so a pod reaches it as pods do: the operator's own pods run here.
 
 Keeping to this machine:
 - the node's pods live on ``SUBNET``, outside kwok's pod range, on a bridge with no
   route anywhere else (no default route, no masquerade, forwarding left as found);
+  their one other route is the Service range, through the bridge to this host, which
+  routes that range back onto the bridge: a Service address that kube-proxy does not
+  translate goes nowhere;
 - the node is tainted, so only pods that ask for it (test pods with local images
   and ``imagePullPolicy: Never``) land on it; its images are written by
   ``images.py`` and imported, nothing is ever pulled;
@@ -31,9 +37,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +58,8 @@ REAL_NODE_LABEL = "firebreak.dev/real-node"
 SUBNET_PREFIX = "10.245.0"  # a /24; kwok's fake pods use 10.244.0.0/16
 BRIDGE = "fbr0"
 KUBELET_PORT = 10250
+SERVICE_CIDR = "10.96.0.0/16"  # the API server's --service-cluster-ip-range
+RELAY = Path(__file__).resolve().parent / "relay.py"
 CGROUP_PREFIX = "firebreak-"
 REQUIRED_COMMANDS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "ip", "iptables",
                      "iptables-save", "ip6tables", "ip6tables-save", "ipset", "nft", "gcc")
@@ -60,9 +70,13 @@ CNI_PLUGINS = ("bridge", "host-local", "loopback")
 FIXED_PATHS = (Path("/run/containerd"), Path("/run/netns"), Path("/var/lib/cni"))
 # Kernel settings the kubelet (panic and overcommit, which it sets to its liking) and the
 # bridge filtering below change: put back as they were on stop.
+# kube-proxy is told to leave the conntrack and route_localnet settings alone; they are
+# remembered all the same.
 SYSCTLS = ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory", "vm/panic_on_oom",
            "net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables",
-           "net/ipv4/ip_forward")
+           "net/ipv4/ip_forward", "net/ipv4/conf/all/route_localnet",
+           "net/netfilter/nf_conntrack_max", "net/netfilter/nf_conntrack_tcp_timeout_established",
+           "net/netfilter/nf_conntrack_tcp_timeout_close_wait")
 PACKAGES_HINT = "`make nodepackages` installs them"
 Kubectl = Callable[..., str]
 
@@ -209,6 +223,10 @@ class RealNode:
         return f"{SUBNET_PREFIX}.0/24"
 
     @property
+    def bridge(self) -> str:
+        return BRIDGE
+
+    @property
     def socket(self) -> Path:
         return self.state / "containerd.sock"
 
@@ -239,6 +257,8 @@ class RealNode:
         self._wait_ready()
         self.timings["node_ready_seconds"] = time.monotonic() - began
         self._start_enforcer()
+        self._publish_api_server()
+        self._start_proxy()
         self.timings["up_seconds"] = time.monotonic() - began
 
     def _remember_host(self) -> None:
@@ -264,6 +284,10 @@ class RealNode:
         _run("ip", "link", "add", BRIDGE, "type", "bridge")
         _run("ip", "addr", "add", f"{self.ip}/24", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
+        # Service addresses (from this host or from pods) stay on the bridge: translated
+        # by kube-proxy to an endpoint, or unanswered. Never the host's default route.
+        self.journal.add("route", SERVICE_CIDR, BRIDGE)
+        _run("ip", "route", "add", SERVICE_CIDR, "dev", BRIDGE, "src", self.ip)
 
     def _make_cgroups(self) -> None:
         # The kubelet's cgroupRoot must exist in every hierarchy; pods then live below it
@@ -307,8 +331,11 @@ class RealNode:
                 # nothing beyond it.
                 "ipMasq": False,
                 "hairpinMode": True,
+                # One route besides the bridge's own: the Service range, to this host
+                # (kube-proxy), which keeps it on the bridge.
                 "ipam": {"type": "host-local", "dataDir": str(cni / "ipam"),
-                         "ranges": [[{"subnet": self.subnet, "gateway": self.ip}]]},
+                         "ranges": [[{"subnet": self.subnet, "gateway": self.ip}]],
+                         "routes": [{"dst": SERVICE_CIDR, "gw": self.ip}]},
             }],
         }, indent=2))
         config.write_text(CONTAINERD_CONFIG.format(
@@ -374,6 +401,62 @@ class RealNode:
                                      capture_output=True).returncode == 0,
               60, "kube-router to program its firewall")
 
+    def _publish_api_server(self) -> None:
+        """The ``kubernetes`` Service's endpoint: this node's bridge address, where a
+        relay passes connections on to the API server on loopback (same port)."""
+        port = urllib.parse.urlsplit(self.server).port
+        assert port is not None
+        self.spawn("apiserver-relay", [sys.executable, str(RELAY), self.ip, str(port),
+                                       "127.0.0.1", str(port), str(self.state)])
+        _wait(lambda: _connects(self.ip, port), 30, "the API server relay to listen")
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+            api_server_endpoints(self.ip, port)))
+
+    def _start_proxy(self) -> None:
+        kubeconfig = self.authority.kubeconfig(
+            self.state / "pki" / "kube-proxy.kubeconfig", self.server, "kube-proxy",
+            "system:kube-proxy")
+        self.spawn("kube-proxy", [
+            str(self.binaries["kube-proxy"]),
+            f"--kubeconfig={kubeconfig}",
+            f"--hostname-override={self.name}",
+            "--proxy-mode=iptables",
+            f"--cluster-cidr={self.subnet}",
+            f"--bind-address={self.ip}",
+            # NodePorts only on the bridge address, never on loopback (which would need
+            # route_localnet) or this host's other interfaces.
+            f"--nodeport-addresses={self.ip}/32",
+            "--iptables-localhost-nodeports=false",
+            # Leave the host's conntrack settings and this process's OOM score as found.
+            "--conntrack-max-per-core=0",
+            "--conntrack-tcp-timeout-established=0",
+            "--conntrack-tcp-timeout-close-wait=0",
+            "--oom-score-adj=0",
+            # No health server; metrics (which it cannot do without) on loopback only.
+            "--healthz-port=0", f"--metrics-bind-address=127.0.0.1:{_free_port()}",
+            "--v=1",
+        ])
+
+        def programmed() -> bool:
+            rules = subprocess.run(["iptables", "-t", "nat", "-S", "KUBE-SERVICES"],
+                                   capture_output=True, text=True).stdout
+            return "default/kubernetes:https" in rules
+
+        _wait(programmed, 60, "kube-proxy to program the kubernetes Service")
+
+    def import_image(self, archive: Path, name: str | None = None) -> None:
+        """Import an image archive into the node's containerd (``ctr images import``),
+        and name it ``name`` too (the node runs only ``localhost/`` names)."""
+        out = _run("ctr", "--address", str(self.socket), "-n", "k8s.io", "images", "import",
+                   str(archive))
+        if name:
+            imported = next((word for line in out.splitlines() for word in line.split()
+                             if ":" in word and not word.startswith("sha256:")), None)
+            if imported is None:
+                raise RealNodeError(f"ctr named no image importing {archive}: {out}")
+            _run("ctr", "--address", str(self.socket), "-n", "k8s.io", "images", "tag",
+                 "--force", imported, name)
+
     # -- stopping
 
     def drain(self) -> None:
@@ -387,6 +470,38 @@ def drain(kubectl: Kubectl, name: str = NODE_NAME) -> None:
     kubectl("delete", "pods", "-A", "--field-selector", f"spec.nodeName={name}",
             "--wait=true", "--timeout=60s", check=False)
     kubectl("delete", "node", name, "--ignore-not-found", "--timeout=30s", check=False)
+
+
+def api_server_endpoints(ip: str, port: int) -> list[dict[str, Any]]:
+    """The ``kubernetes`` Service's endpoints (the API server runs with
+    ``--endpoint-reconciler-type=none``, so nothing else writes them)."""
+    labels = {"kubernetes.io/service-name": "kubernetes",
+              "endpointslice.kubernetes.io/managed-by": "realnode.firebreak.dev"}
+    return [
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+         "addressType": "IPv4",
+         "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
+         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]},
+        {"apiVersion": "v1", "kind": "Endpoints",
+         "metadata": {"name": "kubernetes", "namespace": "default"},
+         "subsets": [{"addresses": [{"ip": ip}],
+                      "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]},
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _connects(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def kubelet_configuration(*, address: str, cgroup_root: str, state: Path, client_ca: Path,
@@ -520,15 +635,17 @@ def clean_host(state: Path) -> None:
     cgroups) are killed first."""
     journal = Journal(state / "journal")
     entries = journal.entries()
-    _kill_node_processes(state, [Path(what) for kind, what in entries if kind == "cgroup"])
+    _kill_node_processes(state, [Path(what) for kind, what, *_ in entries if kind == "cgroup"])
     _unmount_below(state)
     _clean_netns(state)
     if not [f for f in live_node_folders() if f != state]:
         # The KUBE-* chains and sets are shared by whichever node runs: never pull
         # them from under a live one.
         _clean_netfilter(state)
-    for kind, what in reversed(entries):
-        if kind == "link":
+    for kind, what, *more in reversed(entries):
+        if kind == "route":
+            _run("ip", "route", "del", what, "dev", *more, check=False)
+        elif kind == "link":
             _run("ip", "link", "del", what, check=False)
         elif kind == "cgroup":
             _remove_cgroup(Path(what))

@@ -3,7 +3,9 @@ logs and exec through the API server (by IP, with client certificates)."""
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -16,7 +18,8 @@ from firebreak.actions.base import ActionContext
 from firebreak.actions.snapshot import Snapshot
 from firebreak.config import OperatorConfig
 from tests.controlplane import LocalCluster, RealNode
-from tests.helpers import client_pod, fetch, start_pods, wait_for, web_pod
+from tests.controlplane.realnode import SERVICE_CIDR
+from tests.helpers import HTTP_PORT, client_pod, fetch, start_pods, wait_for, web_pod
 
 pytestmark = pytest.mark.cluster
 
@@ -82,3 +85,44 @@ def test_pods_that_may_run_on_the_real_node_must_use_local_images(
     assert refused.value.status == 422
     assert "use local images (localhost/...) with imagePullPolicy Never" in refused.value.body
     assert not core.list_namespaced_pod(namespace).items
+
+
+def test_services_answer_this_host_and_pods_reach_the_api_server_without_leaving_the_bridge(
+    real_node: RealNode, cluster: LocalCluster, core: client.CoreV1Api, namespace: str
+) -> None:
+    start_pods(core, namespace, web_pod("web"), client_pod("client"))
+    service = core.create_namespaced_service(namespace, client.V1Service(
+        metadata=client.V1ObjectMeta(name="web"),
+        spec=client.V1ServiceSpec(selector={"app": "web"}, ports=[client.V1ServicePort(
+            port=80, target_port=HTTP_PORT)])))
+    address = service.spec.cluster_ip
+
+    # From this host (as Alertmanager posts to the operator's Service): kube-proxy
+    # translates the Service address to the pod's.
+    def page() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://{address}/", timeout=2) as response:
+                return str(response.read().decode())
+        except OSError:
+            return None
+
+    assert wait_for(page, timeout=30, what="the Service to answer") == "hello from web\n"
+
+    # A pod reaches the API server as pods do: the `kubernetes` Service, whose endpoint is
+    # the node's bridge address; its only routes are the bridge and the Service range.
+    api = core.read_namespaced_service("kubernetes", "default").spec.cluster_ip
+    endpoints = core.read_namespaced_endpoints("kubernetes", "default").subsets[0]
+    assert [a.ip for a in endpoints.addresses] == [real_node.ip]
+    connected = cluster.kubectl("exec", "-n", namespace, "client", "--", "sh", "-c",
+                                f"nc -w 2 {api} 443 </dev/null && echo connected")
+    assert connected.strip() == "connected"
+    routes = {line.split()[0]: line for line in
+              cluster.kubectl("exec", "-n", namespace, "client", "--", "ip", "route").splitlines()}
+    assert set(routes) == {SERVICE_CIDR, real_node.subnet}
+    assert f"via {real_node.ip}" in routes[SERVICE_CIDR]
+
+    # An address of the Service range that no Service holds goes onto the bridge, where
+    # nothing answers it: never to this host's default route.
+    unused = str(ipaddress.ip_network(SERVICE_CIDR)[-2])
+    route = subprocess.run(["ip", "route", "get", unused], capture_output=True, text=True).stdout
+    assert f"dev {real_node.bridge}" in route, route
