@@ -36,8 +36,9 @@ image: install
 lock: install
 	$(PY) -m image.lock
 
-## Everything: lint, types, unit tests, and the tests against the local control plane.
-test: install controlplane nodepackages alerting lint
+## Everything: lint, types, unit tests, and the tests against the local control plane
+## (the install test runs the image on the real node).
+test: install controlplane nodepackages alerting lint image
 	$(PY) -m pytest
 
 ## Real Prometheus and Alertmanager for tests/alerting.py, from Debian's packages,
