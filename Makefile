@@ -37,8 +37,11 @@ lock: install
 	$(PY) -m image.lock
 
 ## Everything: lint, types, unit tests, and the tests against the local control plane
-## (the install test runs the image on the real node).
-test: install controlplane nodepackages alerting lint image
+## (the install test runs the image on the real node). Where the image cannot be built
+## (no Debian bookworm apt), its tests are skipped and say why, as the real node's are;
+## with FIREBREAK_REQUIRE_REAL_NODE=1 (CI) that stops here instead.
+test: install controlplane nodepackages alerting lint
+	@$(PY) -m image || [ "$$FIREBREAK_REQUIRE_REAL_NODE" != 1 ]
 	$(PY) -m pytest
 
 ## Real Prometheus and Alertmanager for tests/alerting.py, from Debian's packages,

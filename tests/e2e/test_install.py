@@ -203,7 +203,7 @@ def test_the_operator_runs_as_installed(
         assert pod.spec.node_name == real_node.name
         assert pod.spec.service_account_name == "firebreak"
         (status,) = pod.status.container_statuses
-        assert status.ready
+        assert status.ready and status.restart_count == 0
         assert status.image_id == operator_image, "the pod runs the image make image built"
         facts = _exec_python(cluster, pod.metadata.name, WHO_AND_HOW)
         assert facts["subject"] == "system:serviceaccount:firebreak-system:firebreak"
