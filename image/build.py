@@ -76,6 +76,7 @@ LABELS = {
     "org.opencontainers.image.description": PROJECT["description"],
     "org.opencontainers.image.licenses": PROJECT["license"],
 }
+KEEP_DAYS = 7  # the cache keeps what was used this recently
 # The code that makes the layers is part of every layer's key: a change to it rebuilds.
 RECIPE = hashlib.sha256(b"".join(
     (REPO / "image" / name).read_bytes() for name in ("archive.py", "build.py", "debian.py"))
@@ -207,7 +208,9 @@ def ensure_image(log: Callable[[str], None] | None = None) -> Image:
             image_id = write_image(archive, TAG, layers, entrypoint=ENTRYPOINT, env=ENV,
                                    user=f"{UID}:{UID}", labels=LABELS)
             id_file.write_text(image_id)
-        _prune(cache, set(keys.values()), {b.path.name for b in layers}, archive_key)
+        _prune(cache, [*(cache / "layers" / f"{key}.json" for key in keys.values()),
+                       *(b.path for b in layers), archive.parent,
+                       *(cache / "debs" / p.filename for p in packages)])
         return Image(archive, id_file.read_text(), TAG, layers, tuple(packages), tuple(missing))
 
 
@@ -219,18 +222,22 @@ def _cached(cache: Path, key: str) -> Blob | None:
     return blob if blob.path.is_file() and blob.path.stat().st_size == blob.size else None
 
 
-def _prune(cache: Path, keys: set[str], blobs: set[str], archive: str) -> None:
-    """Keep the cache to the current image: layers, blobs and archives of earlier
-    builds go (the Debian packages stay: they are fetched once)."""
-    for entry in (cache / "layers").glob("*.json"):
-        if entry.stem not in keys:
-            entry.unlink()
-    for blob in (cache / "blobs").glob("*"):
-        if blob.name not in blobs:
-            blob.unlink()
-    for folder in (cache / "archives").glob("*"):
-        if folder.name != archive:
-            shutil.rmtree(folder, ignore_errors=True)
+def _prune(cache: Path, used: list[Path]) -> None:
+    """Touch what this build used; remove what no build has used for ``KEEP_DAYS``.
+    (Checkouts of other branches share the cache: what they use stays while they
+    use it.)"""
+    now = time.time()
+    for path in used:
+        with contextlib.suppress(OSError):
+            os.utime(path, (now, now))
+    for folder in ("layers", "blobs", "archives", "debs"):
+        for path in (cache / folder).glob("*"):
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime > KEEP_DAYS * 86400:
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink()
 
 
 # --- building ------------------------------------------------------------------------
