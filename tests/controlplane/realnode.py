@@ -69,9 +69,8 @@ CNI_PLUGINS = ("bridge", "host-local", "loopback")
 # Host paths containerd and CNI use whatever their configuration says.
 FIXED_PATHS = (Path("/run/containerd"), Path("/run/netns"), Path("/var/lib/cni"))
 # Kernel settings the kubelet (panic and overcommit, which it sets to its liking) and the
-# bridge filtering below change: put back as they were on stop.
-# kube-proxy is told to leave the conntrack and route_localnet settings alone; they are
-# remembered all the same.
+# bridge filtering below change, and those kube-proxy would change if it were not told to
+# leave them (conntrack, route_localnet): put back as they were on stop.
 SYSCTLS = ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory", "vm/panic_on_oom",
            "net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables",
            "net/ipv4/ip_forward", "net/ipv4/conf/all/route_localnet",
