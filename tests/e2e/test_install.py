@@ -20,6 +20,7 @@ resolution every request is answered again.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import re
@@ -38,6 +39,7 @@ from image.build import Image, ImageError, ensure_image
 from tests.alerting import AlertingStack
 from tests.conftest import REPO
 from tests.controlplane import LocalCluster, RealNode
+from tests.controlplane.realnode import SERVICE_CIDR
 from tests.helpers import (
     GROUP,
     VERSION,
@@ -167,6 +169,11 @@ def _namespace(core: client.CoreV1Api) -> bool:
     return any(n.metadata.name == OPERATOR_NS for n in core.list_namespace().items)
 
 
+def _route_hex(cidr: str) -> str:
+    """A destination as /proc/net/route writes it (the address's bytes, little-endian)."""
+    return f"{int.from_bytes(ipaddress.ip_network(cidr).network_address.packed, 'little'):08X}"
+
+
 def _exec_python(cluster: LocalCluster, pod: str, code: str) -> Any:
     return json.loads(cluster.kubectl("exec", "-n", OPERATOR_NS, pod, "--", "python3", "-c", code))
 
@@ -213,8 +220,11 @@ def test_the_operator_runs_as_installed(
         # has no route but its bridge and the Service range, and asks no resolver.
         service = core.read_namespaced_service("kubernetes", "default")
         assert facts["api"] == f"{service.spec.cluster_ip}:443"
-        assert "00000000" not in facts["destinations"], "no default route"
-        assert "nameserver" not in facts["resolv"] or "127.0.0.1" in facts["resolv"]
+        assert facts["destinations"] == sorted(
+            _route_hex(cidr) for cidr in (real_node.subnet, SERVICE_CIDR)), "no default route"
+        servers = [line.split()[1] for line in facts["resolv"].splitlines()
+                   if line.startswith("nameserver")]
+        assert set(servers) <= {"127.0.0.1"}, "no resolver but the pod's own loopback"
 
     # The namespace enforces the restricted Pod Security level: the operator's pods
     # passed it, and a privileged pod is refused.
