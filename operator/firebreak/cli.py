@@ -27,9 +27,6 @@ def _run(args: argparse.Namespace) -> int:
         # Before the client library is imported: it reads $KUBECONFIG once, at import.
         os.environ["KUBECONFIG"] = args.kubeconfig
 
-    # Kopf takes a timer's interval when the handlers are registered, at import.
-    os.environ["FIREBREAK_HOLD_INTERVAL"] = str(config.hold_interval)
-
     import kopf
 
     from . import handlers  # noqa: F401  (registers the handlers)
@@ -39,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     asyncio.run(kopf.operator(
         clusterwide=True,
-        standalone=True,  # one replica; see manifests/deployment.yaml
+        standalone=True,  # no Kopf peering: the Lease decides which replica acts (leader.py)
         memo=kopf.Memo(config=config, kubeconfig=args.kubeconfig),
         liveness_endpoint=args.liveness,
     ))

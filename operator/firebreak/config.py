@@ -49,6 +49,14 @@ class OperatorConfig(BaseModel):
         description="Seconds between checks that each quarantine still holds (pods that lost "
                     "their label, new pods of a quarantined workload); 0 turns the periodic "
                     "check off. NetworkPolicy changes are answered at once, whatever this is.")
+    lease_seconds: float = Field(
+        default=15.0, ge=0,
+        description="Seconds a replica's Lease (coordination.k8s.io) lasts without renewal: "
+                    "after a replica dies, another one takes over its incidents within about "
+                    "this long. 0 turns leader election off (only for a single replica).")
+    workers: int = Field(
+        default=16, ge=1, le=256,
+        description="Incidents one replica works on at the same time.")
     snapshot_max_bytes: int = Field(
         default=900 * 1024, ge=1024, le=1024 * 1024,
         description="Largest evidence object (ConfigMap or Secret) a snapshot writes.")

@@ -11,6 +11,14 @@ starts, so a restart (even after SIGKILL) resumes from the record: a step found
 ``Running`` is applied again from its recorded decision (actions are idempotent),
 and a step found ``Applied`` is never applied again.
 
+Every status write carries the ``resourceVersion`` the run started from. When
+someone else wrote meanwhile, the write fails: if only intake's fields moved (signal
+counts), it is made again on the fresh version; if the engine's own record moved (a
+second replica acting), the run is dropped and started over from the fresh record
+(``Superseded``), so a decision is never taken twice and a revert record never
+overwritten. Resuming a ``Running`` step first writes that it resumes: a run from a
+stale body finds out there, before it applies anything.
+
 Temporary API failures surface as ``RetryLater``; Kopf retries the handler after
 the delay. Permanent ones are written to status with the API server's message.
 """
@@ -29,6 +37,7 @@ from pydantic import ValidationError
 from . import conditions as c
 from .actions.base import Action, ActionContext, ActionRefused, IncidentRef, RecordUnreadable, Verdict
 from .api import (
+    FINALIZER,
     GROUP,
     INCIDENT_PLURAL,
     TARGET_PROBLEM_ANNOTATION,
@@ -49,7 +58,7 @@ from .api import (
 )
 from .config import OperatorConfig
 from .guardrails import check_step, check_target
-from .kube import Kube, NotFound, PermanentApiError, TemporaryApiError, call
+from .kube import Conflict, Kube, NotFound, PermanentApiError, TemporaryApiError, call
 from .matching import PlaybookCandidate, allowed, select_playbook
 from .planning import PlanError, plan
 
@@ -58,6 +67,7 @@ log = logging.getLogger(__name__)
 TIMELINE_LIMIT = 100
 APPROVAL_POLL_SECONDS = 10.0
 RELEASE_RETRY_SECONDS = 60.0
+CONFLICT_RETRIES = 5
 # Set (to any value) on an incident being deleted whose revert failed for good: the
 # finalizer goes without that revert, deliberately, and the timeline says so.
 ABANDON_REVERT = f"{GROUP}/abandon-revert"
@@ -77,6 +87,10 @@ class RetryLater(Exception):
         self.delay = delay
 
 
+class Superseded(Exception):
+    """The incident's record changed under this run (another writer acted on it)."""
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -88,6 +102,8 @@ class Engine:
     actions: Mapping[ActionName, Action]
     emit: EventSink
     clock: Callable[[], dt.datetime] = utcnow
+    # Told of every incident body this engine wrote (the controller's store).
+    written: Callable[[dict[str, Any]], None] | None = None
 
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -102,28 +118,55 @@ class Engine:
         """Move the incident on. ``body`` is the latest state the caller saw (Kopf's,
         from its watch, which carries every status this engine wrote); without it the
         incident is read first."""
-        body = body if body is not None else self.read(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        run = Run(self, body)
-        try:
-            run.advance(list(playbooks))
-        except TemporaryApiError as exc:
-            run.persist()
-            raise RetryLater(f"API server busy or unreachable: {exc}", delay=5.0) from exc
+        candidates = list(playbooks)
+        self._runs(namespace, name, body, lambda run: run.advance(candidates))
+
+    def _runs(self, namespace: str, name: str, body: dict[str, Any] | None,
+              work: Callable[[Run], None]) -> None:
+        """Do ``work`` on the incident; on a superseded record, again from a fresh read."""
+        for _ in range(CONFLICT_RETRIES):
+            body = body if body is not None else self.read(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            run = Run(self, body)
+            try:
+                work(run)
+                return
+            except Superseded as exc:
+                log.info("%s/%s: %s; reading it again", namespace, name, exc)
+                body = None
+            except TemporaryApiError as exc:
+                with contextlib.suppress(Superseded):
+                    run.persist()
+                raise RetryLater(f"API server busy or unreachable: {exc}", delay=5.0) from exc
+        raise RetryLater(f"{namespace}/{name} keeps changing under its runs", delay=1.0)
 
     def hold(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
         """Something an incident's quarantine depends on changed (a NetworkPolicy in its
         namespace, its pods): put back what was undone, and judge it again."""
-        body = body if body is not None else self.read(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        run = Run(self, body)
+        self._runs(namespace, name, body, Run.hold)
+
+    def adopt(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Put the finalizer on an incident made without it (by a person): from now on it
+        is deleted only after its steps are reverted. Returns the incident as written."""
+        finalizers = [*(body["metadata"].get("finalizers") or []), FINALIZER]
+        return self._set_finalizers(namespace, name, body, finalizers)
+
+    def _set_finalizers(self, namespace: str, name: str, body: dict[str, Any],
+                        finalizers: list[str]) -> dict[str, Any] | None:
+        patch = {"metadata": {"finalizers": finalizers,
+                              "resourceVersion": body["metadata"]["resourceVersion"]}}
         try:
-            run.hold()
-        except TemporaryApiError as exc:
-            run.persist()
-            raise RetryLater(f"API server busy or unreachable: {exc}", delay=5.0) from exc
+            written = cast(dict[str, Any], call(
+                self.kube.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace,
+                INCIDENT_PLURAL, name, patch))
+        except NotFound:
+            return None
+        except Conflict as exc:
+            raise RetryLater(f"{namespace}/{name} changed meanwhile: {exc}", delay=0.5) from exc
+        if self.written is not None:
+            self.written(written)
+        return written
 
     def release(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         """The incident is being deleted: undo what it applied (nothing else records it).
@@ -132,12 +175,16 @@ class Engine:
         the only record of what is still applied (a cordon, a quarantine). The failure is
         written to status and retried every minute; annotating the incident with
         ``firebreak.dev/abandon-revert`` lets it go without that revert."""
-        run = Run(self, self.read(namespace, name) or body)
+        fresh = self.read(namespace, name)
+        if fresh is None:
+            return
+        run = Run(self, fresh)
         try:
             failed = run.revert_all(reason="the incident was deleted", persist=False)
         except TemporaryApiError as exc:
             raise RetryLater(f"API server busy or unreachable: {exc}", delay=5.0) from exc
         if not failed:
+            self._let_go(run.body)
             return
         annotations = run.body["metadata"].get("annotations") or {}
         if ABANDON_REVERT in annotations:
@@ -145,13 +192,21 @@ class Engine:
                         ", ".join(failed), ABANDON_REVERT)
             run.note("RevertAbandoned", f"deleted without reverting {', '.join(failed)}: "
                                         f"{ABANDON_REVERT} is set", warning=True)
+            self._let_go(run.body)
             return
         # The status is a courtesy here; the finalizer is what holds.
-        with contextlib.suppress(NotFound, TemporaryApiError):
+        with contextlib.suppress(NotFound, TemporaryApiError, Superseded):
             run.persist()
         raise RetryLater(
             f"could not revert {', '.join(failed)}; the incident stays until they are "
             f"reverted or it is annotated {ABANDON_REVERT}=true", delay=RELEASE_RETRY_SECONDS)
+
+
+    def _let_go(self, body: dict[str, Any]) -> None:
+        """Remove the finalizer: the incident's deletion completes."""
+        finalizers = [f for f in body["metadata"].get("finalizers") or [] if f != FINALIZER]
+        self._set_finalizers(body["metadata"]["namespace"], body["metadata"]["name"], body,
+                             finalizers)
 
 
 class Run:
@@ -213,15 +268,33 @@ class Run:
         return status.to_api()
 
     def persist(self) -> None:
-        """Write the status if it changed. Fields owned by intake (signal counts) are
-        never written here, so concurrent signals are not overwritten."""
+        """Write the status if it changed, on the version this run read (see the module
+        docstring). Fields owned by intake (signal counts) are never written here."""
         patch = self._status_patch()
         if patch == self._persisted:
             return
-        call(self.engine.kube.custom.patch_namespaced_custom_object_status,
-             GROUP, VERSION, self.ref.namespace, INCIDENT_PLURAL, self.ref.name,
-             {"status": patch})
-        self._persisted = patch
+        meta = self.body["metadata"]
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                written = cast(dict[str, Any], call(
+                    self.engine.kube.custom.patch_namespaced_custom_object_status,
+                    GROUP, VERSION, self.ref.namespace, INCIDENT_PLURAL, self.ref.name,
+                    {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                     "status": patch}))
+            except Conflict as exc:
+                fresh = self.engine.read(self.ref.namespace, self.ref.name)
+                if fresh is None:
+                    raise Superseded("the incident is gone") from exc
+                if Run(self.engine, fresh)._persisted != self._persisted:
+                    raise Superseded("its record was changed by another writer") from exc
+                meta["resourceVersion"] = fresh["metadata"]["resourceVersion"]
+                continue
+            meta["resourceVersion"] = written["metadata"]["resourceVersion"]
+            self._persisted = patch
+            if self.engine.written is not None:
+                self.engine.written(written)
+            return
+        raise Superseded("the incident keeps changing")
 
     def set_step(self, index: int, **changes: Any) -> ActionStatus:
         updated = self.steps[index].model_copy(update=changes)
@@ -490,6 +563,12 @@ class Run:
         else:  # Running: a previous run recorded the decision, then stopped.
             action = self.engine.actions[step.action]
             params = action.parse(step.params)
+            # Written before acting: a run from an out-of-date body (the step long
+            # applied, or taken over by another replica) fails here instead.
+            self.note("StepResumed", f"{step.step} ({step.action.value}): applying the "
+                                     f"recorded decision again after an interruption",
+                      event=False)
+            self.persist()
         try:
             result = action.apply(self.context(step), params, action.load(step.revert))
         except RecordUnreadable as exc:
@@ -550,6 +629,8 @@ class Run:
             if step.state is not StepState.applied:
                 continue
             action = self.engine.actions[step.action]
+            if not action.held:
+                continue  # nothing to hold (and no record to read: a snapshot keeps none)
             try:
                 held = action.hold(self.context(step), action.parse(step.params),
                                    action.load(step.revert))

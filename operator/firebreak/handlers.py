@@ -1,7 +1,9 @@
-"""Kopf registrations. Each handler is a one-line delegation to the engine.
+"""Kopf registrations. Kopf watches; the handlers hand what they see to the
+controller (``controller.py``), whose workers move incidents on.
 
-The operator owns its persistence keys: its finalizer and Kopf's progress and
-diff-base annotations live under ``firebreak.dev``, set at start-up.
+Incidents are followed with event handlers only: Kopf keeps no state on them (no
+progress or diff-base annotations, no finalizer of its own), so the API writes per
+incident are the engine's and intake's alone.
 
 What the handlers use is built once at start-up into one typed ``Services`` object,
 kept in Kopf's memo under one key and read back through ``services(memo)``.
@@ -13,29 +15,31 @@ import asyncio
 import copy
 import logging
 import os
+import secrets
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
+from . import __version__
 from .actions import registry
 from .actions.network import OWNER_ANNOTATION
 from .api import (
-    FINALIZER,
     GROUP,
     INCIDENT_PLURAL,
     PLAYBOOK_PLURAL,
     VERSION,
-    ActionName,
     ResponsePlaybookSpec,
-    StepState,
 )
 from .config import OperatorConfig
-from .engine import Engine, RetryLater
+from .controller import INCIDENT, PLAYBOOK, Controller, HeldQuarantine, quarantines_of
+from .engine import Engine
 from .events import EventPoster
 from .intake import Intake
 from .kube import Kube
+from .leader import Elector
 from .matching import PlaybookCandidate
 from .pollers import PrometheusPoller
 from .readiness import PlaybookReadiness
@@ -43,9 +47,6 @@ from .sources.trivy import TrivyThresholds, signal_from_vulnerability_report
 from .webhook import TokenSource, Webhook, describe_auth
 
 ALL = None  # the playbook index keeps every playbook under one key
-# Kopf fixes a timer's interval when the module is imported; the configured interval
-# is read before the handlers are (cli.py), through this variable.
-HOLD_INTERVAL = float(os.environ.get("FIREBREAK_HOLD_INTERVAL") or 30.0) or 3600.0
 SERVICES = "services"
 
 
@@ -55,10 +56,11 @@ class Services:
 
     config: OperatorConfig
     engine: Engine
+    controller: Controller
     intake: Intake
     events: EventPoster
     trivy: TrivyThresholds
-    readiness: PlaybookReadiness
+    running: asyncio.Task[None]
     webhook: Webhook | None = None
     poller: asyncio.Task[None] | None = None
 
@@ -83,7 +85,9 @@ def _config(memo: kopf.Memo) -> OperatorConfig:
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.persistence.finalizer = FINALIZER
+    # The incident's own finalizer is the engine's (engine.py); Kopf's must differ, or
+    # Kopf would take ours off, having no deletion handler of its own.
+    settings.persistence.finalizer = f"{GROUP}/kopf"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
@@ -95,7 +99,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.batching.batch_window = 0.01  # react to a new incident at once
     config = _config(memo)
     kubeconfig = memo.get("kubeconfig")
-    kube = Kube.from_environment(kubeconfig if isinstance(kubeconfig, str) else None)
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}"
+    kube = Kube.from_environment(kubeconfig if isinstance(kubeconfig, str) else None,
+                                 agent=f"firebreak/{__version__} ({identity})")
     events = EventPoster(kube)
     intake = Intake(kube, config)
     webhook = None
@@ -110,15 +116,22 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     poller = None
     if config.prometheus_url:
         poller = asyncio.create_task(PrometheusPoller(config, intake).run())
+    engine = Engine(kube=kube, config=config, actions=registry(), emit=events)
+    elector = None
+    if config.lease_seconds > 0:
+        elector = Elector(kube, config.namespace, identity, config.lease_seconds)
+    controller = Controller(engine, PlaybookReadiness(kube=kube, emit=events), elector,
+                            workers=config.workers, hold_interval=config.hold_interval)
     memo[SERVICES] = Services(
         config=config,
-        engine=Engine(kube=kube, config=config, actions=registry(), emit=events),
+        engine=engine,
+        controller=controller,
         intake=intake,
         events=events,
         trivy=TrivyThresholds(min_severity=config.trivy_min_severity,
                               require_fix=config.trivy_require_fix,
                               min_count=config.trivy_min_count),
-        readiness=PlaybookReadiness(kube=kube, emit=events),
+        running=asyncio.create_task(controller.run()),
         webhook=webhook,
         poller=poller,
     )
@@ -127,6 +140,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 @kopf.on.cleanup()
 async def stop_intake(memo: kopf.Memo, **_: Any) -> None:
     found = services(memo)
+    found.running.cancel()
+    # Steps in hand finish, then the Lease is given up: another replica takes over
+    # at once rather than after the Lease expires.
+    await asyncio.get_running_loop().run_in_executor(None, found.controller.stop)
     if found.webhook is not None:
         await found.webhook.stop()
     if found.poller is not None:
@@ -168,24 +185,23 @@ def playbooks(namespace: str | None, name: str, spec: kopf.Spec,
 
 
 @kopf.on.event(GROUP, VERSION, PLAYBOOK_PLURAL)
-def playbook_ready(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Every playbook says whether it is valid (its Ready condition); writes nothing to
-    the playbook but its status, and only when that changes."""
-    if type != "DELETED":
-        services(memo).readiness.observe(_plain(body))
+async def playbook(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every playbook says whether it is valid (its Ready condition), written by the
+    replica that acts."""
+    services(memo).controller.observe(PLAYBOOK, type, _plain(body))
 
 
-@kopf.on.resume(GROUP, VERSION, INCIDENT_PLURAL, backoff=5)
-@kopf.on.create(GROUP, VERSION, INCIDENT_PLURAL, backoff=5)
-@kopf.on.update(GROUP, VERSION, INCIDENT_PLURAL, field="spec", backoff=5)
-def reconcile(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo,
-              playbooks: kopf.Index[Any, Any] | None = None, **_: Any) -> None:
-    assert namespace is not None and playbooks is not None  # Kopf passes the index by name
-    try:
-        services(memo).engine.reconcile(namespace, name, list(playbooks.get(ALL, [])),
-                                        body=_plain(body))
-    except RetryLater as exc:
-        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+@kopf.on.event(GROUP, VERSION, INCIDENT_PLURAL)
+async def incident(type: str | None, body: kopf.Body, memo: kopf.Memo,
+                   playbooks: kopf.Index[Any, Any] | None = None, **_: Any) -> None:
+    """Every change of an incident queues it; the acting replica's workers move it on.
+    Kopf calls this only once the playbook index is complete, so no incident is
+    matched against half the playbooks."""
+    assert playbooks is not None  # Kopf passes the index by name
+    controller = services(memo).controller
+    index = playbooks
+    controller.playbooks = lambda: list(index.get(ALL, []))
+    controller.observe(INCIDENT, type, _plain(body))
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
@@ -193,40 +209,15 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
     return {key: copy.deepcopy(value) for key, value in body.items()}
 
 
-@dataclass(frozen=True)
-class HeldQuarantine:
-    """An incident holding a quarantine in some namespace, and its own policy there."""
-
-    namespace: str
-    name: str
-    uid: str
-    policy: str
-
-
-def _quarantines(body: kopf.Body) -> dict[str, HeldQuarantine]:
-    """The namespaces where an incident holds a quarantine (applied, not resolved)."""
-    if (body.get("spec") or {}).get("resolution"):
-        return {}
-    meta = body["metadata"]
-    held = {}
-    for step in (body.get("status") or {}).get("actions") or []:
-        record = step.get("revert") or {}
-        if step.get("action") == ActionName.isolate_network.value \
-                and step.get("state") == StepState.applied.value and record.get("namespace"):
-            held[record["namespace"]] = HeldQuarantine(
-                meta["namespace"], meta["name"], meta.get("uid", ""), record.get("policy", ""))
-    return held
-
-
 @kopf.index(GROUP, VERSION, INCIDENT_PLURAL)
 def quarantines(body: kopf.Body, **_: Any) -> dict[str, HeldQuarantine]:
-    return _quarantines(body)
+    return quarantines_of(dict(body))
 
 
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies")
-def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
-                   logger: logging.Logger | logging.LoggerAdapter[Any],
-                   quarantines: kopf.Index[str, HeldQuarantine] | None = None, **_: Any) -> None:
+async def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
+                         quarantines: kopf.Index[str, HeldQuarantine] | None = None,
+                         **_: Any) -> None:
     """A policy in a namespace holding a quarantine appeared, changed or went: each
     incident there puts its quarantine back and judges it again, at once."""
     assert quarantines is not None
@@ -235,37 +226,4 @@ def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
     for held in quarantines.get(str(meta.get("namespace")), []):
         if type in (None, "ADDED") and meta.get("name") == held.policy and owner == held.uid:
             continue  # its own policy, as it made it
-        try:
-            services(memo).engine.hold(held.namespace, held.name)
-        except RetryLater as exc:  # the periodic check tries again
-            logger.warning("quarantine of %s/%s not checked: %s", held.namespace, held.name, exc)
-
-
-def _holds_quarantine(body: kopf.Body, **_: Any) -> bool:
-    return bool(_quarantines(body))
-
-
-@kopf.timer(GROUP, VERSION, INCIDENT_PLURAL, interval=HOLD_INTERVAL, initial_delay=HOLD_INTERVAL,
-            when=_holds_quarantine)
-def hold_quarantine(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo,
-                    **_: Any) -> None:
-    """Pods change without a NetworkPolicy event (a label removed, a workload's new pod):
-    checked every interval."""
-    assert namespace is not None
-    found = services(memo)
-    if found.config.hold_interval <= 0:
-        return
-    try:
-        found.engine.hold(namespace, name, body=_plain(body))
-    except RetryLater as exc:
-        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
-
-
-@kopf.on.delete(GROUP, VERSION, INCIDENT_PLURAL, backoff=5)
-def release(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo,
-            **_: Any) -> None:
-    assert namespace is not None
-    try:
-        services(memo).engine.release(namespace, name, dict(body))
-    except RetryLater as exc:
-        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+        services(memo).controller.want_hold(held.namespace, held.name)

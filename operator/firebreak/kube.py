@@ -187,8 +187,9 @@ class Kube:
         self.apis = client.ApisApi(self.api_client)
 
     @classmethod
-    def from_environment(cls, kubeconfig: str | None = None) -> Kube:
-        """In a pod: the service account; elsewhere: the kubeconfig (or $KUBECONFIG)."""
+    def from_environment(cls, kubeconfig: str | None = None, agent: str | None = None) -> Kube:
+        """In a pod: the service account; elsewhere: the kubeconfig (or $KUBECONFIG).
+        ``agent`` names this replica in the API server's audit log (its User-Agent)."""
         configuration = client.Configuration()
         try:
             config.load_incluster_config(client_configuration=configuration)
@@ -196,7 +197,10 @@ class Kube:
             config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         # One pool for all threads of the operator; the default (4) serialises bursts.
         configuration.connection_pool_maxsize = 32
-        return cls(client.ApiClient(configuration))
+        api_client = client.ApiClient(configuration)
+        if agent:
+            api_client.user_agent = agent
+        return cls(api_client)
 
     def served(self, group: str, version: str) -> bool:
         """Whether the API server serves ``group/version`` (for optional APIs)."""

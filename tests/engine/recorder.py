@@ -8,11 +8,11 @@ deserialisation. Below it there is no HTTP: requests are answered from dicts.
 What it models is what the operator relies on, with the API server's status codes:
 create (409 when the name is taken), get and list (label and field selectors),
 merge patches (a ``resourceVersion`` in the patch is a precondition: 409; a ``uid``
-that differs is refused: 422), delete (404 when absent; a uid precondition: 409;
-finalizers hold the object with a deletionTimestamp), the ``status`` subresource
-(a patch there changes only status; a patch to the object never changes status),
-``metadata.generation`` bumped by spec changes, the ``scale`` subresource, pod logs
-and the API group list.
+that differs is refused: 422), replaces (PUT, with the same precondition), delete
+(404 when absent; a uid precondition: 409; finalizers hold the object with a
+deletionTimestamp), the ``status`` subresource (a patch there changes only status; a
+patch to the object never changes status), ``metadata.generation`` bumped by spec
+changes, the ``scale`` subresource, pod logs and the API group list.
 
 Every write is recorded, in order, as a ``Write``; tests assert the exact writes.
 ``crash_after = n`` makes the n-th write land and then raises ``Crash`` (a
@@ -62,6 +62,7 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "securityincidents": ("firebreak.dev/v1alpha1", "SecurityIncident", True),
     "responseplaybooks": ("firebreak.dev/v1alpha1", "ResponsePlaybook", True),
     "volumesnapshots": ("snapshot.storage.k8s.io/v1", "VolumeSnapshot", True),
+    "leases": ("coordination.k8s.io/v1", "Lease", True),
 }
 KIND_TO_RESOURCE = {kind: resource for resource, (_, kind, _) in RESOURCES.items()}
 # Custom resources: every change but to metadata and status bumps the generation.
@@ -263,6 +264,11 @@ class Recorder:
             result = self._delete(resource, namespace, name, parsed)
             self._record(Write("delete", resource, namespace, name, body=parsed))
             return 200, result
+        if verb == "update" and subresource is None:
+            result = self._update(resource, namespace, name, parsed)
+            self._record(Write("update", resource, namespace, name, body=parsed,
+                               content_type=headers.get("Content-Type")))
+            return 200, result
         raise Refusal(405, f"{verb} is not modelled")
 
     def _inject(self, verb: str, resource: str, name: str, subresource: str | None) -> None:
@@ -394,6 +400,24 @@ class Recorder:
                 updated.pop("status", None)
         else:
             raise Refusal(404, f"subresource {subresource} is not modelled")
+        return self._store(resource, obj, updated)
+
+    def _update(self, resource: str, namespace: str | None, name: str, body: Obj) -> Obj:
+        """A replace (PUT): the whole object; its resourceVersion, if given, must match."""
+        obj = self._found(resource, namespace, name)
+        meta = obj["metadata"]
+        wanted = body.get("metadata") or {}
+        if wanted.get("resourceVersion") not in (None, meta["resourceVersion"]):
+            raise Refusal(409, f'Operation cannot be fulfilled on {resource} "{name}": the '
+                               f"object has been modified; please apply your changes to the "
+                               f"latest version and try again")
+        updated = copy.deepcopy(body)
+        for kept in ("uid", "name", "namespace", "creationTimestamp", "generation",
+                     "resourceVersion", "deletionTimestamp"):
+            if kept in meta:
+                updated["metadata"][kept] = meta[kept]
+        if "status" in obj:
+            updated["status"] = copy.deepcopy(obj["status"])
         return self._store(resource, obj, updated)
 
     def _store(self, resource: str, before: Obj, after: Obj) -> Obj:

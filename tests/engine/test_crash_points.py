@@ -191,14 +191,11 @@ def test_a_running_step_is_finished_from_its_record(engine_for: EngineFactory,
         ("GET", f"/apis/apps/v1/namespaces/{NS}/deployments/web/scale")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "status writes carry no resourceVersion precondition yet (the high-availability "
-    "issue): a run from a stale body re-triages, re-prepares every step against the "
-    "changed world and overwrites the revert records"))
 def test_stale_bodies_do_not_apply_a_step_twice(engine_for: EngineFactory,
                                                 clock: Clock) -> None:
-    """Kopf may hand over a body older than what was stored (a watch lagging behind).
-    Re-applying from it is idempotent: the world changes once."""
+    """A body older than what was stored (a watch lagging behind, a second replica):
+    its first write fails on the resourceVersion precondition, the run starts over
+    from the stored record, and the world changes once."""
     api = build(clock)
     stale = incident(api)
     contain(api, engine_for)

@@ -1,11 +1,12 @@
-"""The Kopf handlers are one-line delegations to the services built at start-up; here
-they are called as Kopf calls them, with a memo holding ``Services`` over the
-recording API."""
+"""The Kopf handlers hand what they see to the controller, whose workers move incidents
+on; here they are called as Kopf calls them, with a memo holding ``Services`` over the
+recording API, and the controller's workers running on the test's event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from firebreak import handlers
 from firebreak.actions import registry
 from firebreak.config import OperatorConfig
+from firebreak.controller import INCIDENT, Controller
 from firebreak.engine import Engine
 from firebreak.events import EventPoster, post_event
 from firebreak.intake import Intake
@@ -35,24 +37,59 @@ from tests.engine.world import (
 )
 
 LOG = logging.getLogger(__name__)
+ISOLATE = step("isolate", "isolateNetwork")
+
+
+class Switch:
+    """Stands in for the Lease: whether this replica leads is the test's to say."""
+
+    def __init__(self, leading: bool) -> None:
+        self.on = leading
+        self.listeners: list[Callable[[bool], None]] = []
+
+    def leading(self) -> bool:
+        return self.on
+
+    def on_change(self, listener: Callable[[bool], None]) -> None:
+        self.listeners.append(listener)
+
+    def flip(self, leading: bool) -> None:
+        self.on = leading
+        for listener in self.listeners:
+            listener(leading)
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    def release(self) -> None:
+        pass
 
 
 @pytest.fixture
-def memo(api: Recorder, clock: Clock) -> Iterator[kopf.Memo]:
+def switch() -> Switch:
+    return Switch(leading=True)
+
+
+@pytest.fixture
+async def memo(api: Recorder, clock: Clock, switch: Switch) -> AsyncIterator[kopf.Memo]:
     add_nodes(api, "node-a")
     add_app(api)
     config = OperatorConfig(namespace=OPERATOR_NS)
     kube = api.kube()
     events = EventPoster(kube)
+    engine = Engine(kube=kube, config=config, actions=registry(), emit=events, clock=clock)
+    readiness = PlaybookReadiness(kube=kube, emit=partial(post_event, kube), clock=clock)
+    controller = Controller(engine, readiness, switch, workers=2,  # type: ignore[arg-type]
+                            hold_interval=0)
     found = kopf.Memo(config=config)
     found[handlers.SERVICES] = handlers.Services(
-        config=config,
-        engine=Engine(kube=kube, config=config, actions=registry(), emit=events, clock=clock),
-        intake=Intake(kube, config, clock=clock, retry_for=0),
-        events=events,
+        config=config, engine=engine, controller=controller,
+        intake=Intake(kube, config, clock=clock, retry_for=0), events=events,
         trivy=TrivyThresholds(min_severity="CRITICAL", require_fix=True, min_count=1),
-        readiness=PlaybookReadiness(kube=kube, emit=partial(post_event, kube), clock=clock))
+        running=asyncio.create_task(controller.run()))
     yield found
+    found[handlers.SERVICES].running.cancel()
+    controller.stop()
     events.close()
 
 
@@ -60,31 +97,119 @@ def index(*books: Any) -> dict[None, list[Any]]:
     return {handlers.ALL: list(books)}
 
 
-def test_reconcile_delegates_to_the_engine(api: Recorder, memo: kopf.Memo) -> None:
+async def settle(memo: kopf.Memo) -> None:
+    """Wait until the workers have nothing ready and nothing in hand."""
+    queue = handlers.services(memo).controller.queue
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if queue.idle():
+            return
+    raise AssertionError("the controller's queue never settled")
+
+
+async def seen(memo: kopf.Memo, api: Recorder, *books: Any, event: str = "MODIFIED",
+               name: str = "miner") -> None:
+    """Kopf's event for the incident as stored now, then the workers' run."""
+    await handlers.incident(type=event, body=incident(api, name), memo=memo,
+                            playbooks=index(*books))
+    await settle(memo)
+
+
+async def test_an_incident_event_is_moved_on_by_the_workers(api: Recorder,
+                                                            memo: kopf.Memo) -> None:
     add_incident(api)
-    handlers.reconcile(namespace=NS, name="miner", body=incident(api), memo=memo,
-                       playbooks=index(playbook("contain", step("isolate", "isolateNetwork"))))
+    await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
     assert states(api) == {"isolate": "Applied"}
 
 
-def test_waiting_for_approval_is_a_kopf_temporary_error_with_the_delay(
+async def test_the_echo_of_its_own_write_is_not_worked_on_again(api: Recorder,
+                                                                memo: kopf.Memo) -> None:
+    add_incident(api)
+    book = playbook("contain", ISOLATE)
+    await seen(memo, api, book, event="ADDED")
+    writes = len(api.writes)
+    requests = len(api.requests)
+    await seen(memo, api, book)  # the watch brings back what the engine wrote
+    assert (len(api.writes), len(api.requests)) == (writes, requests)
+
+
+async def test_waiting_for_approval_queues_the_incident_for_its_deadline(
         api: Recorder, memo: kopf.Memo) -> None:
     add_incident(api)
-    book = playbook("careful", step("isolate", "isolateNetwork"),
-                    approval={"policy": "manual", "timeoutSeconds": 6})
-    with pytest.raises(kopf.TemporaryError) as waiting:
-        handlers.reconcile(namespace=NS, name="miner", body=incident(api), memo=memo,
-                           playbooks=index(book))
-    assert waiting.value.delay == 6
+    book = playbook("careful", ISOLATE, approval={"policy": "manual", "timeoutSeconds": 6})
+    await seen(memo, api, book, event="ADDED")
+    queue = handlers.services(memo).controller.queue
+    assert (INCIDENT, NS, "miner") in queue
+    assert queue.pending() == 1
+    assert states(api) == {"isolate": "Pending"}
 
 
-def test_release_delegates_to_the_engine(api: Recorder, memo: kopf.Memo) -> None:
+async def test_an_incident_made_without_the_finalizer_is_adopted_then_moved_on(
+        api: Recorder, memo: kopf.Memo) -> None:
+    made = add_incident(api)
+    api.request("PATCH", f"/apis/firebreak.dev/v1alpha1/namespaces/{NS}/securityincidents/miner",
+                body='{"metadata": {"finalizers": null}}',
+                headers={"Content-Type": "application/merge-patch+json"})
+    assert "finalizers" not in incident(api)["metadata"], made
+    await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
+    assert incident(api)["metadata"]["finalizers"] == ["firebreak.dev/finalizer"]
+    assert states(api) == {"isolate": "Applied"}
+
+
+async def test_deletion_reverts_then_lets_the_incident_go(api: Recorder,
+                                                          memo: kopf.Memo) -> None:
     add_incident(api)
-    book = playbook("contain", step("isolate", "isolateNetwork"))
-    handlers.reconcile(namespace=NS, name="miner", body=incident(api), memo=memo,
-                       playbooks=index(book))
-    handlers.release(namespace=NS, name="miner", body=incident(api), memo=memo)
+    await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
+    api.request("DELETE", f"/apis/firebreak.dev/v1alpha1/namespaces/{NS}/securityincidents/miner")
+    await seen(memo, api)
     assert api.get("networkpolicies", NS, "firebreak-quarantine-miner") is None
+    assert api.get("securityincidents", NS, "miner") is None
+
+
+async def test_a_replica_that_does_not_lead_acts_on_nothing_until_it_does(
+        api: Recorder, memo: kopf.Memo, switch: Switch) -> None:
+    switch.flip(False)
+    add_incident(api)
+    before = len(api.requests)
+    await handlers.incident(type="ADDED", body=incident(api), memo=memo,
+                            playbooks=index(playbook("contain", ISOLATE)))
+    await asyncio.sleep(0.2)
+    assert len(api.requests) == before
+    assert not handlers.services(memo).controller.queue.idle()  # kept for when it leads
+    switch.flip(True)
+    await asyncio.sleep(0.05)
+    await settle(memo)
+    assert states(api) == {"isolate": "Applied"}
+
+
+async def test_a_policy_change_near_a_quarantine_puts_it_back(api: Recorder,
+                                                             memo: kopf.Memo) -> None:
+    add_incident(api)
+    await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
+    api.request("PATCH", f"/api/v1/namespaces/{NS}/pods/web-5d9c-0",
+                body='{"metadata": {"labels": {"quarantine.firebreak.dev/miner": null}}}',
+                headers={"Content-Type": "application/merge-patch+json"})
+    quarantines = {NS: [handlers.quarantines(body=incident(api))[NS]]}
+    other = {"metadata": {"name": "allow-all", "namespace": NS}, "spec": {}}
+    await handlers.network_policy(type="ADDED", body=other, memo=memo, quarantines=quarantines)
+    await settle(memo)
+    pod = api.get("pods", NS, "web-5d9c-0")
+    assert pod is not None
+    assert "quarantine.firebreak.dev/miner" in pod["metadata"]["labels"]
+    assert any(e["reason"] == "QuarantineRestored"
+               for e in incident(api)["status"]["timeline"])
+
+
+async def test_its_own_policy_as_it_made_it_asks_for_no_check(api: Recorder,
+                                                             memo: kopf.Memo) -> None:
+    add_incident(api)
+    await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
+    held = handlers.quarantines(body=incident(api))[NS]
+    own = api.get("networkpolicies", NS, held.policy)
+    await handlers.network_policy(type="ADDED", body=own, memo=memo,
+                                  quarantines={NS: [held]})
+    assert handlers.services(memo).controller.queue.idle()
+    assert (INCIDENT, NS, "miner") not in handlers.services(memo).controller.queue
 
 
 def test_a_vulnerability_report_opens_an_incident(api: Recorder, memo: kopf.Memo) -> None:
@@ -123,15 +248,16 @@ def _ready(api: Recorder, name: str) -> dict[str, Any]:
     return dict(ready)
 
 
-def test_a_playbook_says_whether_it_is_ready_and_writes_only_changes(
+async def test_a_playbook_says_whether_it_is_ready_and_writes_only_changes(
         api: Recorder, memo: kopf.Memo) -> None:
-    good = _stored_playbook(api, "good", {"steps": [step("isolate", "isolateNetwork")]})
+    good = _stored_playbook(api, "good", {"steps": [ISOLATE]})
     bad = _stored_playbook(api, "bad", {"priority": 100, "steps": [
         {"name": "stop", "action": "scaleDown", "params": {"replicas": "zero"}}]})
     api.clear()
 
-    handlers.playbook_ready(type="ADDED", body=good, memo=memo)
-    handlers.playbook_ready(type="ADDED", body=bad, memo=memo)
+    await handlers.playbook(type="ADDED", body=good, memo=memo)
+    await handlers.playbook(type="ADDED", body=bad, memo=memo)
+    await settle(memo)
 
     assert _ready(api, "good")["status"] == "True"
     invalid = _ready(api, "bad")
@@ -145,13 +271,14 @@ def test_a_playbook_says_whether_it_is_ready_and_writes_only_changes(
     # Seen again (Kopf's event for our own status write): nothing is written.
     for name in ("good", "bad"):
         found = api.get("responseplaybooks", OPERATOR_NS, name)
-        handlers.playbook_ready(type="MODIFIED", body=found, memo=memo)
+        await handlers.playbook(type="MODIFIED", body=found, memo=memo)
+    await settle(memo)
     assert api.written() == writes
 
 
-def test_an_invalid_playbook_is_left_out_of_matching_and_shadows_no_valid_one(
+async def test_an_invalid_playbook_is_left_out_of_matching_and_shadows_no_valid_one(
         api: Recorder, memo: kopf.Memo) -> None:
-    good = {"priority": 1, "steps": [step("isolate", "isolateNetwork")]}
+    good = {"priority": 1, "steps": [ISOLATE]}
     bad = {"priority": 100, "steps": [
         {"name": "stop", "action": "scaleDown", "params": {"replicas": -1}}]}
     indexed = [handlers.playbooks(namespace=OPERATOR_NS, name=name, spec=spec, logger=LOG)
@@ -159,6 +286,5 @@ def test_an_invalid_playbook_is_left_out_of_matching_and_shadows_no_valid_one(
     assert indexed[1] is None
     assert indexed[0] is not None
     add_incident(api)
-    handlers.reconcile(namespace=NS, name="miner", body=incident(api), memo=memo,
-                       playbooks=index(indexed[0][handlers.ALL]))
+    await seen(memo, api, indexed[0][handlers.ALL], event="ADDED")
     assert states(api) == {"isolate": "Applied"}

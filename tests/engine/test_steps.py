@@ -277,21 +277,23 @@ def test_resolution_before_the_steps_ran_skips_them(api: Recorder, engine: Engin
     assert condition(api, "Resolved")["message"] == "reverted 0 step(s): duplicate"
 
 
-def test_deletion_releases_what_was_applied_without_writing_status(
+def test_deletion_releases_what_was_applied_then_the_finalizer_without_writing_status(
         api: Recorder, engine: Engine) -> None:
     add_incident(api)
     book = playbook("contain", ISOLATE, SCALE)
     engine.reconcile(NS, "miner", [book])
     before = len(api.writes)
-    body = incident(api)
-    engine.release(NS, "miner", body)
+    api.request("DELETE", f"/apis/firebreak.dev/v1alpha1/namespaces/{NS}/securityincidents/miner")
+    engine.release(NS, "miner", incident(api))
 
     assert [w.what for w in api.writes[before:] if w.resource != "events"] == [
+        "delete securityincidents shop/miner",
         "patch deployments/scale shop/web",
         "patch pods shop/web-5d9c-0",
         "delete networkpolicies shop/firebreak-quarantine-miner",
+        "patch securityincidents shop/miner",  # the finalizer, last
     ]
-    assert all(w.resource != "securityincidents" for w in api.writes[before:])
+    assert api.get("securityincidents", NS, "miner") is None
     assert api.get("deployments", NS, "web")["spec"]["replicas"] == 3  # type: ignore[index]
 
 
@@ -379,3 +381,16 @@ def test_a_step_refused_while_applying_leaves_the_other_incidents_policy_alone(
     engine.reconcile(NS, "miner", [book])
     assert api.get("networkpolicies", NS, "firebreak-quarantine-miner") is not None
     assert api.written("networkpolicies", "pods") == []
+
+
+def test_holding_a_quarantine_passes_over_steps_that_hold_nothing(api: Recorder,
+                                                                 engine: Engine) -> None:
+    """A snapshot keeps no record to revert from: checking the quarantine beside it
+    must not take that for a broken record (and call the isolation defeated)."""
+    add_incident(api)
+    engine.reconcile(NS, "miner", [playbook("contain", ISOLATE, step(
+        "evidence", "snapshot", storage="configMap"))])
+    assert states(api) == {"isolate": "Applied", "evidence": "Applied"}
+    engine.hold(NS, "miner")
+    assert condition(api, "Isolated")["status"] == "True"
+    assert condition(api, "Contained")["status"] == "True"

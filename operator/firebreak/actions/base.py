@@ -166,6 +166,8 @@ class Action(ABC):
     params_model: ClassVar[type[Params]] = NoParams
     record_model: ClassVar[type[Record]]
     revertible: ClassVar[bool] = True
+    # Whether ``hold`` does anything: what others may undo is put back while it applies.
+    held: ClassVar[bool] = False
 
     def parse(self, params: dict[str, Any] | None) -> Params:
         return self.params_model.model_validate(params or {})

@@ -318,6 +318,7 @@ class IsolateNetwork(Action):
     name = ActionName.isolate_network
     params_model = IsolateNetworkParams
     record_model = IsolateNetworkRecord
+    held = True
 
     def prepare(self, ctx: ActionContext, params: IsolateNetworkParams) -> Prepared:
         pods = target_pods(ctx.kube, ctx.target, params.scope)

@@ -1,0 +1,259 @@
+"""Who moves incidents on, and when: a store, a keyed queue, workers, and the Lease.
+
+Kopf watches; its event handlers only hand what they see to ``Controller.observe``,
+which keeps the latest body of each incident and playbook and queues its key. The
+workers take keys from the queue and call the engine, and they do so only while
+this replica holds the Lease (``leader.py``); every other replica keeps its store
+and queue current, so that it can take over at once, and serves the webhook.
+
+Below the Lease, the engine writes every decision with a ``resourceVersion``
+precondition: should two replicas ever act at the same moment (a partitioned
+leader, a slow handover), the second write of a decision fails, and that replica
+reads the incident again instead of acting on it.
+
+Each key is processed by one worker at a time, from the latest body; a change that
+arrives meanwhile queues it again. The incident's own finalizer (set by intake at
+creation, or added here) keeps it until its steps are reverted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .api import FINALIZER, ActionName, StepState
+from .engine import Engine, RetryLater
+from .kube import ApiError
+from .leader import Elector
+from .matching import PlaybookCandidate
+from .readiness import PlaybookReadiness
+from .workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+INCIDENT = "incident"
+PLAYBOOK = "playbook"
+Key = tuple[str, str, str]  # kind, namespace, name
+BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class HeldQuarantine:
+    """An incident holding a quarantine in some namespace, and its own policy there."""
+
+    namespace: str
+    name: str
+    uid: str
+    policy: str
+
+
+def quarantines_of(body: dict[str, Any]) -> dict[str, HeldQuarantine]:
+    """The namespaces where an incident holds a quarantine (applied, not resolved)."""
+    if (body.get("spec") or {}).get("resolution"):
+        return {}
+    meta = body["metadata"]
+    held = {}
+    for step in (body.get("status") or {}).get("actions") or []:
+        record = step.get("revert") or {}
+        if step.get("action") == ActionName.isolate_network.value \
+                and step.get("state") == StepState.applied.value and record.get("namespace"):
+            held[record["namespace"]] = HeldQuarantine(
+                meta["namespace"], meta["name"], meta.get("uid", ""), record.get("policy", ""))
+    return held
+
+
+def _version(body: dict[str, Any]) -> int | None:
+    """The resourceVersion as a number, where it is one (etcd's revisions are)."""
+    value = str(body["metadata"].get("resourceVersion") or "")
+    return int(value) if value.isdigit() else None
+
+
+class Controller:
+    def __init__(self, engine: Engine, readiness: PlaybookReadiness, elector: Elector | None,
+                 workers: int = 16, hold_interval: float = 30.0) -> None:
+        self.engine = engine
+        self.readiness = readiness
+        self.elector = elector
+        self.workers = workers
+        self.hold_interval = hold_interval
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self.playbooks: Callable[[], list[PlaybookCandidate]] = list
+        self._store: dict[Key, dict[str, Any]] = {}
+        self._written: dict[Key, int] = {}  # the resourceVersion of our own last write
+        self._lock = threading.Lock()
+        self._holds: set[Key] = set()
+        self._failures: dict[Key, int] = {}
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="incident")
+        self._leading = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        engine.written = self.offer
+        if elector is not None:
+            elector.on_change(self._leadership)
+
+    # --- what the watches see -------------------------------------------------
+
+    def observe(self, kind: str, event: str | None, body: dict[str, Any]) -> None:
+        """A watch event: keep the body, and queue the key unless it is the echo of
+        this replica's own write (already acted on)."""
+        meta = body["metadata"]
+        key = (kind, meta.get("namespace") or "", meta["name"])
+        if event == "DELETED":
+            with self._lock:
+                self._store.pop(key, None)
+                self._written.pop(key, None)
+            self._holds.discard(key)
+            return
+        seen = _version(body)
+        with self._lock:
+            ours = self._written.get(key)
+            if seen is not None and ours is not None and seen <= ours:
+                return  # our own write coming back, or older than it
+            self._store[key] = body
+        self.queue.add(key)
+
+    def offer(self, body: dict[str, Any]) -> None:
+        """A body this replica just wrote (called from a worker thread)."""
+        meta = body["metadata"]
+        key = (INCIDENT, meta["namespace"], meta["name"])
+        seen = _version(body)
+        with self._lock:
+            self._store[key] = body
+            if seen is not None:
+                self._written[key] = seen
+
+    def want_hold(self, namespace: str, name: str) -> None:
+        """Check this incident's quarantine (a NetworkPolicy near it changed)."""
+        key = (INCIDENT, namespace, name)
+        self._holds.add(key)
+        self.queue.add(key)
+
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.leading()
+
+    def _leadership(self, leading: bool) -> None:
+        if leading:
+            self._leading.set()
+        else:
+            self._leading.clear()
+
+    # --- the workers ----------------------------------------------------------
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
+        if self.elector is not None:
+            tasks.append(asyncio.create_task(self.elector.run()))
+        else:
+            self._leading.set()
+        if self.hold_interval > 0:
+            tasks.append(asyncio.create_task(self._hold_all()))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        """After ``run`` is cancelled: let running steps finish, then give up the Lease."""
+        self._pool.shutdown(wait=True)
+        if self.elector is not None:
+            self.elector.release()
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.leading():
+                if self._leading.is_set():  # renewal overdue: the elector decides soon
+                    await asyncio.sleep(0.2)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._leading.wait(), timeout=1.0)
+                continue
+            key = await self.queue.get()
+            try:
+                if not self.leading():
+                    self.queue.add(key)  # done() below makes it ready for the next leader
+                    continue
+                with self._lock:
+                    body = self._store.get(key)
+                if body is None:
+                    continue
+                playbooks = self.playbooks()
+                retry = await loop.run_in_executor(self._pool, self._process, key, body,
+                                                   playbooks)
+                if retry is not None:
+                    self.queue.add(key, after=retry)
+            finally:
+                self.queue.done(key)
+
+    async def _hold_all(self) -> None:
+        """Pods change without any NetworkPolicy event (a label removed, a workload's
+        new pod): every quarantine is checked each interval."""
+        while True:
+            await asyncio.sleep(self.hold_interval)
+            if not self.leading():
+                continue
+            with self._lock:
+                held = [key for key, body in self._store.items()
+                        if key[0] == INCIDENT and quarantines_of(body)]
+            for namespace_name in held:
+                self.want_hold(namespace_name[1], namespace_name[2])
+
+    def _process(self, key: Key, body: dict[str, Any],
+                 playbooks: list[PlaybookCandidate]) -> float | None:
+        """Run one key; seconds until it should run again, or None."""
+        try:
+            if key[0] == PLAYBOOK:
+                self.readiness.observe(body)
+                retry = None
+            else:
+                retry = self._incident(key, body, playbooks)
+        except ApiError as exc:
+            failures = self._failures.get(key, 0)
+            self._failures[key] = failures + 1
+            delay = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]
+            log.warning("%s %s/%s: %s; again in %ss", *key, exc, delay)
+            return delay
+        except Exception:
+            failures = self._failures.get(key, 0)
+            self._failures[key] = failures + 1
+            delay = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]
+            log.exception("%s %s/%s failed; again in %ss", *key, delay)
+            return delay
+        self._failures.pop(key, None)
+        return retry
+
+    def _incident(self, key: Key, body: dict[str, Any],
+                  playbooks: list[PlaybookCandidate]) -> float | None:
+        _, namespace, name = key
+        meta = body["metadata"]
+        finalizers = meta.get("finalizers") or []
+        try:
+            if meta.get("deletionTimestamp"):
+                if FINALIZER in finalizers:
+                    self.engine.release(namespace, name, body)
+                return None
+            if FINALIZER not in finalizers:
+                adopted = self.engine.adopt(namespace, name, body)
+                if adopted is None:
+                    return None
+                body = adopted
+            retry = None
+            try:
+                self.engine.reconcile(namespace, name, playbooks, body=body)
+            except RetryLater as exc:
+                retry = exc.delay
+            if key in self._holds:
+                self._holds.discard(key)
+                self.engine.hold(namespace, name)  # from a fresh read: it acts
+            return retry
+        except RetryLater as exc:
+            return exc.delay
