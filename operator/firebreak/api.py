@@ -249,6 +249,15 @@ class ReleasePolicy(StrEnum):
     on_signal_resolved = "onSignalResolved"
 
 
+class PlaybookBudget(Model):
+    """How many incidents this playbook may begin answering per minute."""
+
+    per_minute: int = Field(
+        ge=1, le=100000,
+        description="Beyond this many incidents begun in the last minute, the next one waits "
+                    "(phase Throttled) until a slot frees.")
+
+
 class ResponsePlaybookSpec(Model):
     """How to answer the incidents a playbook matches."""
 
@@ -264,6 +273,9 @@ class ResponsePlaybookSpec(Model):
     release: ReleasePolicy = Field(
         default=ReleasePolicy.manual,
         description="How containment ends: manual (spec.resolution) or when the signal resolves.")
+    budget: PlaybookBudget | None = Field(
+        default=None,
+        description="A limit against floods, besides the operator's cluster-wide one.")
     steps: list[PlaybookStep] = Field(
         description="The steps, run in order.", min_length=1, max_length=32)
 
@@ -376,6 +388,7 @@ class Phase(StrEnum):
     resolved = "Resolved"
     failed = "Failed"
     suppressed = "Suppressed"
+    throttled = "Throttled"
 
 
 class StepState(StrEnum):

@@ -48,6 +48,7 @@ REVERT_FAILED = "RevertFailed"
 ISOLATION_VERIFIED = "IsolationVerified"
 ISOLATION_DEFEATED = "IsolationDefeated"
 QUARANTINE_RESTORED = "QuarantineRestored"
+BUDGET_EXHAUSTED = "BudgetExhausted"
 
 # Reasons after which nothing will run: the incident ends without containment.
 SUPPRESSING = {NO_MATCHING_PLAYBOOK, NO_TARGET, TARGET_NOT_FOUND, REJECTED_BY_PERSON,
@@ -123,6 +124,8 @@ def derive_phase(conditions: Sequence[Condition] | None, resolution_requested: b
         return Phase.triaging
     if contained.status is ConditionStatus.true:
         return Phase.contained
+    if contained.reason == BUDGET_EXHAUSTED:
+        return Phase.throttled
     if contained.reason in (NOT_STARTED, STEPS_RUNNING):
         return Phase.containing
     if contained.reason in SUPPRESSING:

@@ -49,6 +49,11 @@ class OperatorConfig(BaseModel):
         description="Seconds between checks that each quarantine still holds (pods that lost "
                     "their label, new pods of a quarantined workload); 0 turns the periodic "
                     "check off. NetworkPolicy changes are answered at once, whatever this is.")
+    budget_per_minute: int = Field(
+        default=60, ge=0,
+        description="Incidents that may begin acting per minute, cluster-wide; beyond it the "
+                    "next waits (phase Throttled) until a slot frees. 0: no limit. Playbooks "
+                    "may set a lower one (spec.budget.perMinute).")
     lease_seconds: float = Field(
         default=15.0, ge=0,
         description="Seconds a replica's Lease (coordination.k8s.io) lasts without renewal: "

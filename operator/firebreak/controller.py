@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
@@ -110,12 +111,29 @@ class Controller:
             self._holds.discard(key)
             return
         seen = _version(body)
+        if kind == INCIDENT:
+            self._count_start(body)
         with self._lock:
             ours = self._written.get(key)
             if seen is not None and ours is not None and seen <= ours:
                 return  # our own write coming back, or older than it
             self._store[key] = body
         self.queue.add(key)
+
+    def _count_start(self, body: dict[str, Any]) -> None:
+        """The flood budget counts the starts every replica sees (budget.py)."""
+        budget = self.engine.budget
+        status = body.get("status") or {}
+        actions = status.get("actions") or []
+        started = actions[0].get("startedAt") if actions else None
+        playbook = status.get("playbook") or {}
+        if budget is None or not started:
+            return
+        with contextlib.suppress(ValueError):
+            meta = body["metadata"]
+            budget.note((meta["namespace"], meta["name"]),
+                        f"{playbook.get('namespace')}/{playbook.get('name')}",
+                        dt.datetime.fromisoformat(started))
 
     def offer(self, body: dict[str, Any]) -> None:
         """A body this replica just wrote (called from a worker thread)."""

@@ -56,6 +56,7 @@ from .api import (
     StepState,
     TimelineEntry,
 )
+from .budget import Budget
 from .config import OperatorConfig
 from .guardrails import check_step, check_target
 from .kube import Conflict, Kube, NotFound, PermanentApiError, TemporaryApiError, call
@@ -104,6 +105,7 @@ class Engine:
     clock: Callable[[], dt.datetime] = utcnow
     # Told of every incident body this engine wrote (the controller's store).
     written: Callable[[dict[str, Any]], None] | None = None
+    budget: Budget | None = None
 
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -320,8 +322,30 @@ class Run:
         if self.mode is PlaybookMode.dry_run:
             self.dry_run()
         else:
+            self.within_budget(playbooks)
             self.execute()
         self.persist()
+
+    def within_budget(self, playbooks: list[PlaybookCandidate]) -> None:
+        """Before the first step: wait (RetryLater) while the flood budget is spent."""
+        budget = self.engine.budget
+        if budget is None or self.playbook is None \
+                or any(s.state is not StepState.pending for s in self.steps):
+            return
+        book = f"{self.playbook.namespace}/{self.playbook.name}"
+        found = next((p for p in playbooks if p.name == self.playbook.name
+                      and p.namespace == self.playbook.namespace), None)
+        limit = found.spec.budget.per_minute if found and found.spec.budget else None
+        wait = budget.admit((self.ref.namespace, self.ref.name), book, limit, self.now)
+        if wait is None:
+            return
+        contained = c.find(self.conditions, c.CONTAINED)
+        message = f"waiting: {wait.reason}"
+        if contained is None or contained.reason != c.BUDGET_EXHAUSTED:
+            self.note(c.BUDGET_EXHAUSTED, message, warning=True)
+        self.condition(c.CONTAINED, ConditionStatus.false, c.BUDGET_EXHAUSTED, message)
+        self.persist()
+        raise RetryLater("over the flood budget", delay=wait.seconds)
 
     def triage(self, playbooks: list[PlaybookCandidate]) -> None:
         if c.find(self.conditions, c.TRIAGED) is None:

@@ -33,6 +33,7 @@ from .api import (
     VERSION,
     ResponsePlaybookSpec,
 )
+from .budget import Budget
 from .config import OperatorConfig
 from .controller import INCIDENT, PLAYBOOK, Controller, HeldQuarantine, quarantines_of
 from .engine import Engine
@@ -116,7 +117,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     poller = None
     if config.prometheus_url:
         poller = asyncio.create_task(PrometheusPoller(config, intake).run())
-    engine = Engine(kube=kube, config=config, actions=registry(), emit=events)
+    engine = Engine(kube=kube, config=config, actions=registry(), emit=events,
+                    budget=Budget(config.budget_per_minute))
     elector = None
     if config.lease_seconds > 0:
         elector = Elector(kube, config.namespace, identity, config.lease_seconds)

@@ -45,6 +45,7 @@ _SOURCE_TESTS = ("tests/unit/test_signal.py", "tests/unit/test_sources.py")
 
 # Each pure module and the unit tests that speak for it.
 MODULES: dict[str, tuple[str, ...]] = {
+    "budget.py": ("tests/unit/test_budget.py",),
     "conditions.py": ("tests/unit/test_conditions.py",),
     "guardrails.py": ("tests/unit/test_guardrails.py",),
     "isolation.py": ("tests/unit/test_isolation.py",),

@@ -51,6 +51,7 @@ AUTO = (c.APPROVED, TRUE, c.APPROVAL_NOT_REQUIRED)
     ((TRIAGED, (c.APPROVED, FALSE, c.APPROVAL_TIMED_OUT)), False, Phase.suppressed),
     ((TRIAGED, AUTO, (c.CONTAINED, FALSE, c.NOT_STARTED)), False, Phase.containing),
     ((TRIAGED, AUTO, (c.CONTAINED, FALSE, c.STEPS_RUNNING)), False, Phase.containing),
+    ((TRIAGED, AUTO, (c.CONTAINED, FALSE, c.BUDGET_EXHAUSTED)), False, Phase.throttled),
     ((TRIAGED, AUTO, (c.CONTAINED, TRUE, c.STEPS_APPLIED)), False, Phase.contained),
     ((TRIAGED, AUTO, (c.CONTAINED, FALSE, c.STEP_FAILED)), False, Phase.failed),
     ((TRIAGED, AUTO, (c.CONTAINED, FALSE, c.NOT_CONTAINED)), False, Phase.failed),
