@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import yaml
 
@@ -44,6 +44,8 @@ from .realnode import SERVICE_CIDR, RealNode, clean_host, drain, sweep, unavaila
 
 POD_CIDR = "10.244.0.0/16"
 KWOK_NODE_LABEL = "firebreak.dev/fake-node"
+# The identity the operator runs under in the tests (manifests/rbac.yaml).
+OPERATOR_USER = "system:serviceaccount:firebreak-system:firebreak"
 CONTROLLERS = (
     "garbage-collector-controller",
     "namespace-controller",
@@ -258,7 +260,36 @@ class LocalCluster:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--profiling=false",
+            # Every write the operator's ServiceAccount makes, with its outcome: what
+            # the tests count when they say a step was applied once.
+            f"--audit-policy-file={self._audit_policy()}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=0",
         ])
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def _audit_policy(self) -> Path:
+        path = self.workdir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+            "omitStages": ["RequestReceived", "ResponseStarted"],
+            "rules": [
+                {"level": "Metadata", "users": [OPERATOR_USER],
+                 "verbs": ["create", "update", "patch", "delete"]},
+                {"level": "None"},
+            ]}))
+        return path
+
+    def audit(self) -> list[dict[str, Any]]:
+        """The audit events so far: the operator's writes, one per request."""
+        if not self.audit_log.exists():
+            return []
+        with self.audit_log.open() as lines:
+            return [json.loads(line) for line in lines if line.strip()]
 
     def _start_controllers(self) -> None:
         pki = self.pki

@@ -45,6 +45,7 @@ class OperatorProcess:
     kubeconfig: Path
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -54,7 +55,7 @@ class OperatorProcess:
             [exe, "run", f"--kubeconfig={self.kubeconfig}", f"--namespace={OPERATOR_NS}",
              "--verbose", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
 
