@@ -85,9 +85,11 @@ cluster-down: install
 demo: controlplane nodepackages
 	$(PY) -m tests.demo
 
-## The whole path under load (kwok nodes), then the dataplane on the real node.
+## The whole path under load (kwok nodes), two replicas and their failover, then the
+## dataplane on the real node.
 bench: controlplane nodepackages
 	$(PY) -m tests.bench
+	$(PY) -m tests.bench_ha
 	$(PY) -m tests.bench_dataplane
 
 clean: cluster-down

@@ -145,11 +145,12 @@ class Controller:
             if seen is not None:
                 self._written[key] = seen
 
-    def want_hold(self, namespace: str, name: str) -> None:
-        """Check this incident's quarantine (a NetworkPolicy near it changed)."""
+    def want_hold(self, namespace: str, name: str, after: float = 0.0) -> None:
+        """Check this incident's quarantine (a NetworkPolicy near it changed), now or
+        within ``after`` seconds (checks asked for meanwhile are one check)."""
         key = (INCIDENT, namespace, name)
         self._holds.add(key)
-        self.queue.add(key)
+        self.queue.add(key, after=after)
 
     def leading(self) -> bool:
         return self.elector is None or self.elector.leading()

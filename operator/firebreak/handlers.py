@@ -48,6 +48,7 @@ from .sources.trivy import TrivyThresholds, signal_from_vulnerability_report
 from .webhook import TokenSource, Webhook, describe_auth
 
 ALL = None  # the playbook index keeps every playbook under one key
+OWN_POLICY_CHECK_SECONDS = 1.0
 SERVICES = "services"
 
 
@@ -228,4 +229,8 @@ async def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
     for held in quarantines.get(str(meta.get("namespace")), []):
         if type in (None, "ADDED") and meta.get("name") == held.policy and owner == held.uid:
             continue  # its own policy, as it made it
-        services(memo).controller.want_hold(held.namespace, held.name)
+        # Another incident's quarantine policy (a burst of incidents in one namespace
+        # makes one per incident): checked within a second, once for the burst. Anyone
+        # else's policy: at once.
+        services(memo).controller.want_hold(held.namespace, held.name,
+                                            after=OWN_POLICY_CHECK_SECONDS if owner else 0.0)

@@ -191,8 +191,6 @@ class Elector:
     def release(self) -> None:
         """Give the Lease up (a clean stop), so that another replica takes it at once."""
         self._thread.shutdown(wait=True)
-        if not self.leading():
-            return
         self._renewed_at = None
         lease = read_raw(self.coordination.read_namespaced_lease, LEASE_NAME, self.namespace,
                          retry_for=2)

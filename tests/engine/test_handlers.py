@@ -288,3 +288,20 @@ async def test_an_invalid_playbook_is_left_out_of_matching_and_shadows_no_valid_
     add_incident(api)
     await seen(memo, api, indexed[0][handlers.ALL], event="ADDED")
     assert states(api) == {"isolate": "Applied"}
+
+
+async def test_another_incidents_quarantine_policy_asks_for_one_check_within_a_second(
+        api: Recorder, memo: kopf.Memo) -> None:
+    add_incident(api)
+    await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
+    held = handlers.quarantines(body=incident(api))[NS]
+    theirs = {"metadata": {"name": "firebreak-quarantine-other", "namespace": NS,
+                           "annotations": {"firebreak.dev/incident-uid": "another-uid"}},
+              "spec": {}}
+    queue = handlers.services(memo).controller.queue
+    for _ in range(3):
+        await handlers.network_policy(type="ADDED", body=theirs, memo=memo,
+                                      quarantines={NS: [held]})
+    assert (INCIDENT, NS, "miner") in queue
+    assert queue.idle()  # not yet: within the second, once
+    assert queue.pending() == 1

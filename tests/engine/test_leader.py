@@ -124,3 +124,26 @@ def test_a_replica_stopping_cleanly_hands_the_lease_over_at_once(api: Recorder,
     b.tick()
     assert b.leading()
     assert holder(api) == "b"
+
+
+def test_a_replica_stopping_gives_the_lease_up_even_after_its_renewals_stopped(
+        api: Recorder, clock: Clock) -> None:
+    """On a clean stop the renewal loop ends first; the Lease must still be given up,
+    or the others wait out its whole duration."""
+    time = Monotonic()
+    a = replica(api, "a", time, clock)
+    a.tick()
+    time.now += 20  # no renewal since: a no longer counts itself the leader
+    assert not a.leading()
+    a.release()
+    assert holder(api) is None
+
+
+def test_a_replica_that_does_not_hold_the_lease_leaves_it_alone_when_stopping(
+        api: Recorder, clock: Clock) -> None:
+    time = Monotonic()
+    a, b = replica(api, "a", time, clock), replica(api, "b", time, clock)
+    a.tick()
+    b.tick()
+    b.release()
+    assert holder(api) == "a"

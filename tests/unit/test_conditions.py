@@ -141,3 +141,12 @@ def test_phase_of_a_status_as_stored(stored: list[tuple[str, str, str]], phase: 
                                        "lastTransitionTime": "2026-01-01T00:00:00Z"})
              for t, s, r in stored]
     assert c.derive_phase(found, False) is phase
+
+
+def test_the_condition_types_and_reasons_people_alert_on_keep_their_names() -> None:
+    """They are API: shown by kubectl, written in Events, matched by people's alert rules."""
+    assert (c.ISOLATED, c.NO_TARGET, c.TARGET_NOT_FOUND, c.PLAYBOOK_DELETED,
+            c.ISOLATION_VERIFIED, c.ISOLATION_DEFEATED, c.QUARANTINE_RESTORED,
+            c.BUDGET_EXHAUSTED) == (
+        "Isolated", "NoTarget", "TargetNotFound", "PlaybookDeleted", "IsolationVerified",
+        "IsolationDefeated", "QuarantineRestored", "BudgetExhausted")
