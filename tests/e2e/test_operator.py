@@ -178,3 +178,36 @@ def test_deleting_an_incident_reverts_it(
         return False
 
     wait_for(gone, what="the finalizer to be released and the incident removed")
+
+
+def test_a_flood_beyond_the_budget_waits_throttled(
+    start_operator: Callable[..., OperatorProcess], custom: client.CustomObjectsApi,
+    make_app: Callable[..., list[client.V1Pod]], core: client.CoreV1Api, namespace: str,
+) -> None:
+    # The playbook's own budget: the cluster-wide one would count other tests' incidents.
+    create_playbook(custom, "mark", {"budget": {"perMinute": 2}, "steps": [
+        {"name": "mark", "action": "label", "params": {"labels": {"flagged": "yes"}}}]},
+        namespace=namespace)
+    op = start_operator("--budget-per-minute=0")
+    pods = make_app("web", 5)
+    for i, pod in enumerate(pods):
+        create_incident(custom, namespace, f"flood-{i}",
+                        {"kind": "Pod", "namespace": namespace, "name": pod.metadata.name})
+
+    def phases() -> list[str] | None:
+        found = sorted((incident_status(custom, namespace, f"flood-{i}").get("phase") or "")
+                       for i in range(len(pods)))
+        return found if found.count("Contained") == 2 and found.count("Throttled") == 3 \
+            else None
+
+    assert wait_for(phases, timeout=60, what="two contained, three throttled") == [
+        "Contained", "Contained", "Throttled", "Throttled", "Throttled"]
+    assert op.alive()
+    throttled = next(incident_status(custom, namespace, f"flood-{i}") for i in range(len(pods))
+                     if incident_status(custom, namespace, f"flood-{i}")["phase"] == "Throttled")
+    contained = next(c for c in throttled["conditions"] if c["type"] == "Contained")
+    assert contained["reason"] == "BudgetExhausted"
+    assert f"the budget for playbook {namespace}/mark is 2 per minute" in contained["message"]
+    labelled = [p for p in core.list_namespaced_pod(namespace).items
+                if (p.metadata.labels or {}).get("flagged") == "yes"]
+    assert len(labelled) == 2  # the waiting ones changed nothing
