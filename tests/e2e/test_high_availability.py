@@ -38,14 +38,15 @@ def replicas(operator_kubeconfig: Path, tmp_path: Path,
     made.stop()
 
 
-def writes(cluster: LocalCluster, verb: str, resource: str,
+def writes(cluster: LocalCluster, namespace: str, verb: str, resource: str,
            subresource: str | None = None) -> Counter[str]:
-    """Successful writes by the operator, by object name, from the audit log."""
+    """Successful writes by the operator in a namespace, by object name, from the
+    audit log."""
     counted: Counter[str] = Counter()
     for event in cluster.audit():
         ref = event.get("objectRef") or {}
         if event.get("verb") == verb and ref.get("resource") == resource \
-                and ref.get("subresource") == subresource \
+                and ref.get("namespace") == namespace and ref.get("subresource") == subresource \
                 and int((event.get("responseStatus") or {}).get("code", 0)) < 300:
             counted[ref.get("name", "")] += 1
     return counted
@@ -149,8 +150,8 @@ def test_every_step_is_applied_once_whichever_replica_acts(
     assert sorted(i["spec"]["target"]["name"] for i in resolved) == sorted(names)
     # The API server saw each quarantine created once and deleted once...
     policies = {f"firebreak-quarantine-{i['metadata']['name']}" for i in resolved}
-    created = writes(cluster, "create", "networkpolicies")
-    deleted = writes(cluster, "delete", "networkpolicies")
+    created = writes(cluster, namespace, "create", "networkpolicies")
+    deleted = writes(cluster, namespace, "delete", "networkpolicies")
     assert {p: created[p] for p in policies} == dict.fromkeys(policies, 1)
     assert {p: deleted[p] for p in policies} == dict.fromkeys(policies, 1)
     # ...each Deployment's spec changed exactly twice (down, then back), and every
