@@ -34,6 +34,8 @@ from firebreak.sources.signal import (
 from firebreak.sources.trivy import (
     TrivyThresholds,
     VulnerabilityReport,
+    signal_from_config_audit_report,
+    signal_from_exposed_secret_report,
     signal_from_vulnerability_report,
 )
 
@@ -42,6 +44,8 @@ PAYLOADS = Path(__file__).resolve().parent.parent / "fixtures" / "payloads"
 NGINX_REPORT = "trivy_VulnerabilityReport_replicaset-nginx-6d4cf56db6-nginx_CRITICAL_docs.yaml"
 COREDNS_REPORT = "trivy_VulnerabilityReport_replicaset-coredns-558bd4d5db_kube-system_envtest.yaml"
 HASHED_REPORT = "trivy_VulnerabilityReport_ADAPTED_name-hash_replicaset-long-name.yaml"
+SECRET_REPORT = "trivy_ExposedSecretReport_replicaset-app-67b77f5965-app_docs.yaml"
+AUDIT_REPORT = "trivy_ConfigAuditReport_replicaset-nginx-6d4cf56db6_docs.yaml"
 FALCO_DOCS = "falco_TerminalShellInContainer_default-kubecon_2023.json"
 FALCO_ALPINE = "falco_TerminalShellInContainer_default-alpine_2021.json"
 ETCD_FIRING = "am_v4_firing_etcdDatabaseHighFragmentationRatio_kube-system.json"
@@ -1092,3 +1096,244 @@ def test_two_queries_with_the_same_labels_are_two_incidents() -> None:
 def test_malformed_query_results_are_refused(result: list[Any]) -> None:
     with pytest.raises(ValidationError):
         signals_from_alerts_query(result)
+
+
+# --- ExposedSecretReport ---------------------------------------------------------------
+
+# What a report's ``match`` could hold when Trivy's masking misses a format; it must
+# never reach a signal.
+LEAKED = "sk_live_51HhQ2pLeakedValueThatMustNeverBeStored"
+
+
+def secrets(body: dict[str, Any], **thresholds: Any) -> Signal | None:
+    return signal_from_exposed_secret_report(body, TrivyThresholds(**thresholds))
+
+
+def add_secret(body: dict[str, Any], rule: str, severity: str = "CRITICAL",
+               target: str = "/root/.aws/credentials", category: str = "AWS",
+               match: str = LEAKED) -> dict[str, Any]:
+    body = copy.deepcopy(body)
+    body["report"]["secrets"].append({"ruleID": rule, "severity": severity, "target": target,
+                                      "category": category, "title": category, "match": match})
+    return body
+
+
+def test_exposed_secret_report_of_a_replicaset() -> None:
+    signal = secrets(report(SECRET_REPORT))
+    assert signal is not None
+    assert signal.source is Source.trivy
+    assert signal.alert_name == "ExposedSecret"
+    assert signal.severity is Severity.high
+    assert signal.target == Target(kind=TargetKind.replica_set, namespace="default",
+                                   name="app-67b77f5965")
+    # Two matching lines of one rule in one file: one secret to rotate.
+    assert signal.title == "1 exposed secret (Stripe) in app (replicaset app-67b77f5965)"
+    assert signal.labels == {
+        "trivy_resource_kind": "ReplicaSet",
+        "trivy_resource_name": "app-67b77f5965",
+        "trivy_report": "ExposedSecretReport",
+        "container": "app",
+        "image": "index.docker.io/myimagewithsecret:v0.18.0-rc",
+        "secrets": "1",
+        "top_rule": "stripe-access-token",
+        "secret_category": "Stripe",
+    }
+    assert signal.description is not None
+    assert "stripe-access-token (HIGH, Stripe) in /app/config/secret.yaml" in signal.description
+    assert "Rotate the credential" in signal.description
+    assert signal.time == dt.datetime(2022, 6, 29, 14, 29, 37, tzinfo=dt.UTC)
+
+
+def test_a_secrets_value_never_enters_the_signal() -> None:
+    body = add_secret(report(SECRET_REPORT), "aws-secret-access-key")
+    body["report"]["secrets"][0]["match"] = f"secret_key: {LEAKED}"
+    signal = secrets(body)
+    assert signal is not None and signal.labels["top_rule"] == "aws-secret-access-key"
+    dumped = signal.model_dump_json()
+    assert LEAKED not in dumped
+    assert "publishable_key" not in dumped and "*****" not in dumped
+
+
+@pytest.mark.parametrize(("thresholds", "severity", "expected"), [
+    ({}, "MEDIUM", None),
+    ({}, "HIGH", Severity.high),
+    ({"secret_min_severity": "CRITICAL"}, "HIGH", None),
+    ({"secret_min_severity": "LOW"}, "LOW", Severity.low),
+])
+def test_secret_thresholds(thresholds: dict[str, Any], severity: str,
+                           expected: Severity | None) -> None:
+    body = report(SECRET_REPORT)
+    for found in body["report"]["secrets"]:
+        found["severity"] = severity
+    signal = secrets(body, **thresholds)
+    assert (signal.severity if signal else None) is expected
+
+
+def test_secret_thresholds_are_not_the_vulnerability_ones() -> None:
+    # The vulnerability floor (CRITICAL) does not hide a HIGH secret.
+    assert secrets(report(SECRET_REPORT), min_severity="CRITICAL") is not None
+
+
+def test_a_report_with_no_secrets_raises_nothing() -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = None
+    assert secrets(body) is None
+
+
+def test_a_recreated_secret_report_keeps_its_fingerprint() -> None:
+    before = secrets(report(SECRET_REPORT))
+    again = report(SECRET_REPORT)
+    again["metadata"].update(uid="0d7c2a8e-5b1f-4f57-9a0e-2d7c4e9b1a11",
+                             creationTimestamp="2022-06-30T14:25:54Z", resourceVersion="9")
+    again["report"]["updateTimestamp"] = "2022-06-30T14:29:37Z"
+    again["report"]["secrets"].reverse()
+    after = secrets(again)
+    assert before is not None and after is not None
+    assert after.fingerprint == before.fingerprint
+    assert incident_name(after) == incident_name(before)
+
+
+def test_a_new_secret_is_a_new_fingerprint_and_the_worst_is_on_top() -> None:
+    before = secrets(report(SECRET_REPORT))
+    after = secrets(add_secret(report(SECRET_REPORT), "aws-access-key-id"))
+    assert before is not None and after is not None
+    assert after.fingerprint != before.fingerprint
+    assert after.severity is Severity.critical
+    assert after.labels["secrets"] == "2"
+    assert after.title == "2 exposed secrets (AWS) in app (replicaset app-67b77f5965)"
+
+
+def test_the_same_rule_in_another_file_is_another_secret() -> None:
+    body = add_secret(report(SECRET_REPORT), "stripe-access-token", severity="HIGH",
+                      target="/app/.env", category="Stripe")
+    signal = secrets(body)
+    assert signal is not None and signal.labels["secrets"] == "2"
+
+
+def test_secret_and_vulnerability_fingerprints_differ_for_one_workload() -> None:
+    vulnerable = trivy(report())
+    body = report(SECRET_REPORT)
+    body["metadata"]["labels"].update({"trivy-operator.resource.name": "nginx-6d4cf56db6",
+                                       "trivy-operator.container.name": "nginx"})
+    exposed = secrets(body)
+    assert vulnerable is not None and exposed is not None
+    assert incident_name(vulnerable) != incident_name(exposed)
+
+
+@pytest.mark.parametrize("hostile", [
+    {"ruleID": "", "severity": "HIGH"},
+    {"ruleID": "x", "severity": "SEVERE"},
+    {"severity": "HIGH", "match": "AKIA-LEAK"},  # short: pydantic would quote it whole
+    {"ruleID": "x", "severity": "SEVERE", "match": "AKIA-LEAK"},
+])
+def test_a_malformed_secret_is_refused_without_echoing_its_value(
+        hostile: dict[str, Any]) -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"].append(hostile)
+    with pytest.raises(ValidationError) as refused:
+        secrets(body)
+    assert "AKIA-LEAK" not in str(refused.value)
+
+
+def test_a_hostile_secret_report_is_bounded() -> None:
+    body = add_secret(report(SECRET_REPORT), "x" * 5000, target="/" + "a" * 20000,
+                      category="\ud800" * 10)
+    signal = secrets(body)
+    assert signal is not None
+    assert len(signal.description or "") <= 8192
+    assert "\ud800" not in signal.model_dump_json()
+
+
+# --- ConfigAuditReport -----------------------------------------------------------------
+
+
+def audit(body: dict[str, Any], **thresholds: Any) -> Signal | None:
+    return signal_from_config_audit_report(body, TrivyThresholds(**thresholds))
+
+
+def test_config_audit_report_of_a_replicaset() -> None:
+    signal = audit(report(AUDIT_REPORT))
+    assert signal is not None
+    assert signal.alert_name == "MisconfiguredWorkload"
+    assert signal.severity is Severity.critical
+    assert signal.target == Target(kind=TargetKind.replica_set, namespace="default",
+                                   name="nginx-6d4cf56db6")
+    # hostPIDSet and hostIPCSet are CRITICAL but passed; only one CRITICAL check failed.
+    assert signal.title == ("1 failed CRITICAL configuration check (privilegeEscalationAllowed) "
+                            "in replicaset nginx-6d4cf56db6")
+    assert signal.labels == {
+        "trivy_resource_kind": "ReplicaSet",
+        "trivy_resource_name": "nginx-6d4cf56db6",
+        "trivy_report": "ConfigAuditReport",
+        "failed_checks": "1",
+        "top_check": "privilegeEscalationAllowed",
+    }
+    assert signal.description == ("privilegeEscalationAllowed (CRITICAL) in container nginx: "
+                                  "Privilege escalation should not be allowed")
+    assert signal.fingerprint == fingerprint_of(
+        "ConfigAuditReport", "ReplicaSet", "default", "nginx-6d4cf56db6",
+        "privilegeEscalationAllowed@nginx")
+
+
+@pytest.mark.parametrize(("thresholds", "count"), [
+    ({}, 1),
+    ({"config_min_severity": "LOW"}, 2),  # notReadOnlyRootFilesystem (LOW) failed too
+    ({"min_severity": "LOW"}, 1),  # the vulnerability floor is not the config floor
+])
+def test_config_thresholds(thresholds: dict[str, Any], count: int) -> None:
+    signal = audit(report(AUDIT_REPORT), **thresholds)
+    assert signal is not None and signal.labels["failed_checks"] == str(count)
+
+
+def test_passing_checks_raise_nothing() -> None:
+    body = report(AUDIT_REPORT)
+    for check in body["report"]["checks"]:
+        check["success"] = True
+    assert audit(body, config_min_severity="UNKNOWN") is None
+
+
+def test_a_recreated_audit_report_keeps_its_fingerprint_and_a_new_failure_changes_it() -> None:
+    before = audit(report(AUDIT_REPORT))
+    again = report(AUDIT_REPORT)
+    again["metadata"]["uid"] = "0d7c2a8e-5b1f-4f57-9a0e-2d7c4e9b1a11"
+    again["report"]["updateTimestamp"] = "2021-05-21T12:38:10Z"
+    again["report"]["checks"].reverse()
+    after = audit(again)
+    worse = report(AUDIT_REPORT)
+    worse["report"]["checks"][0]["success"] = False  # hostPIDSet, CRITICAL
+    assert before is not None and after is not None
+    assert after.fingerprint == before.fingerprint
+    changed = audit(worse)
+    assert changed is not None and changed.fingerprint != before.fingerprint
+    assert changed.labels["failed_checks"] == "2"
+
+
+def test_one_check_failing_in_two_containers_counts_twice() -> None:
+    body = report(AUDIT_REPORT)
+    failing = copy.deepcopy(body["report"]["checks"][-1])
+    failing["scope"]["value"] = "sidecar"
+    body["report"]["checks"].append(failing)
+    signal = audit(body)
+    assert signal is not None and signal.labels["failed_checks"] == "2"
+    assert signal.description is not None and "in container sidecar" in signal.description
+
+
+@pytest.mark.parametrize("hostile", [
+    {"checkID": "x", "severity": "CRITICAL"},  # no success: unknown is not a pass
+    {"checkID": "x", "severity": "CRITICAL", "success": "maybe"},
+    {"severity": "CRITICAL", "success": False},
+])
+def test_a_malformed_check_is_refused(hostile: dict[str, Any]) -> None:
+    body = report(AUDIT_REPORT)
+    body["report"]["checks"].append(hostile)
+    with pytest.raises(ValidationError):
+        audit(body)
+
+
+def test_each_reader_refuses_the_other_kinds() -> None:
+    with pytest.raises(ValidationError):
+        audit(report(SECRET_REPORT))
+    with pytest.raises(ValidationError):
+        secrets(report(AUDIT_REPORT))
+    with pytest.raises(ValidationError):
+        trivy(report(AUDIT_REPORT))
