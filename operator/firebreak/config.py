@@ -56,7 +56,8 @@ class OperatorConfig(BaseModel):
     # --- intake: the webhook
     webhook_address: str = Field(
         default="0.0.0.0:8080",
-        description="host:port of the alert webhook (/alertmanager, /falco, /healthz, /readyz); "
+        description="host:port of the alert webhook (/alertmanager, /falco, /signals, /healthz, "
+                    "/readyz); "
                     "empty disables it.")
     webhook_auth: Literal["token", "none"] = Field(
         default="token",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import threading
 import time
 import zlib
@@ -417,7 +418,7 @@ HEADERS = st.dictionaries(
                      "User-Agent", "Idempotency-Key"]),
     st.sampled_from(["gzip", "deflate", "br", "identity", "x-bogus", "100-continue", "*/*"])
     | st.text(max_size=40), max_size=3)
-PATHS = st.sampled_from(["/alertmanager", "/falco"])
+PATHS = st.sampled_from(["/alertmanager", "/falco", "/signals"])
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
@@ -469,6 +470,24 @@ def test_any_falco_fields(served: Served, fields: dict[str, Any], rule: str,
              "time": "2025-03-01T11:59:00.123456789Z", "hostname": hostname}
     code = answer(served, "/falco", json.dumps(event).encode(), AUTH)
     assert (code == 200) == (rule != "" and priority != "bogus"), code
+
+
+@SETTINGS
+@given(namespace=NAMES, name=NAMES, fingerprint=st.text(), title=st.text(),
+       labels=st.dictionaries(LABEL_KEYS, NAMES, max_size=8),
+       severity=st.sampled_from(["critical", "info", "Critical", "bogus"]),
+       sender=st.sampled_from(["grype", "kube-bench", "in-house.check_1"]) | st.text(max_size=70))
+def test_any_posted_signal(served: Served, namespace: str, name: str, fingerprint: str,
+                           title: str, labels: dict[str, str], severity: str,
+                           sender: str) -> None:
+    posted = {"source": sender, "fingerprint": fingerprint, "severity": severity,
+              "title": title, "labels": labels,
+              "target": {"kind": "Pod", "namespace": namespace, "name": name}}
+    code = answer(served, "/signals", json.dumps(posted).encode(), AUTH)
+    valid = (bool(fingerprint) and bool(title) and bool(name) and bool(namespace)
+             and severity in ("critical", "info")
+             and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", sender) is not None)
+    assert (code == 200) == valid, code
 
 
 @SETTINGS

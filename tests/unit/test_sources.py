@@ -1337,3 +1337,32 @@ def test_each_reader_refuses_the_other_kinds() -> None:
         secrets(report(AUDIT_REPORT))
     with pytest.raises(ValidationError):
         trivy(report(AUDIT_REPORT))
+
+
+# === POST /signals =====================================================================
+
+
+def test_a_posted_signal_is_external_and_keeps_its_senders_name() -> None:
+    from firebreak.sources.external import ExternalSignal, signal_from_external
+
+    posted = ExternalSignal.model_validate({
+        "source": "kube-bench", "fingerprint": "5.2.1/shop/storefront", "severity": "critical",
+        "title": "Privileged container", "alertName": "5.2.1",
+        "labels": {"source": "falco", "team": "payments"},
+        "target": {"kind": "Deployment", "namespace": "shop", "name": "storefront"}})
+    signal = signal_from_external(posted)
+    assert signal.source is Source.external
+    assert signal.fingerprint == "kube-bench/5.2.1/shop/storefront"
+    # A sender cannot pass for another through its labels.
+    assert signal.labels == {"source": "kube-bench", "team": "payments"}
+    assert signal.alert_name == "5.2.1"
+    assert incident_name(signal).startswith("external-5-2-1-")
+
+
+def test_the_served_schema_is_the_models() -> None:
+    from firebreak.sources.external import ExternalSignal, signal_schema
+
+    schema = signal_schema()
+    assert set(schema["properties"]) == {
+        field.alias for field in ExternalSignal.model_fields.values()}
+    assert schema["properties"]["source"]["pattern"] == r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
