@@ -1366,3 +1366,32 @@ def test_the_served_schema_is_the_models() -> None:
     assert set(schema["properties"]) == {
         field.alias for field in ExternalSignal.model_fields.values()}
     assert schema["properties"]["source"]["pattern"] == r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+@pytest.mark.parametrize(("change", "accepted"), [
+    ({"source": "a", "fingerprint": "x", "title": "x"}, True),  # one character is enough
+    ({"source": "a" * 63}, True),
+    ({"source": "a" * 64}, False),
+    ({"source": ""}, False),
+    ({"fingerprint": ""}, False),
+    ({"title": ""}, False),
+])
+def test_posted_signal_bounds(change: dict[str, Any], accepted: bool) -> None:
+    from firebreak.sources.external import ExternalSignal
+
+    fields = {"source": "grype", "fingerprint": "f", "severity": "low", "title": "t", **change}
+    if accepted:
+        ExternalSignal.model_validate(fields)
+    else:
+        with pytest.raises(ValidationError):
+            ExternalSignal.model_validate(fields)
+
+
+def test_a_posted_signal_is_immutable_and_its_schema_titled_signal() -> None:
+    from firebreak.sources.external import ExternalSignal, signal_schema
+
+    posted = ExternalSignal.model_validate(
+        {"source": "grype", "fingerprint": "f", "severity": "low", "title": "t"})
+    with pytest.raises(ValidationError):
+        posted.title = "changed"  # type: ignore[misc]
+    assert signal_schema()["title"] == "Signal"
