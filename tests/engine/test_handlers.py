@@ -149,10 +149,27 @@ def test_a_trivy_report_opens_one_incident_however_often_it_is_recreated(
     assert "AKIA-LEAK" not in str(created)
 
 
+def test_a_report_naming_a_workload_of_another_namespace_acts_on_nothing(
+        api: Recorder, memo: kopf.Memo) -> None:
+    body = _audit_report()
+    body["metadata"]["namespace"] = "tenant-b"  # written where its author may write
+    handlers.config_audit_report(type="ADDED", body=body, memo=memo, logger=LOG)
+    assert api.all("securityincidents", NS) == []
+    (recorded,) = api.all("securityincidents", OPERATOR_NS)
+    assert "target" not in recorded["spec"]
+    problem = recorded["metadata"]["annotations"]["firebreak.dev/target-problem"]
+    assert problem.startswith(f"the report tenant-b/replicaset-web-5d9c names ReplicaSet {NS}/web-5d9c")
+
+
+@pytest.mark.parametrize("malformed", [
+    lambda secrets: secrets[0].__setitem__("severity", "SEVERE"),
+    lambda secrets: secrets.append("AKIA-LEAK"),
+    lambda secrets: secrets[0].__setitem__("target", ["AKIA-LEAK"]),
+])
 def test_a_malformed_trivy_report_is_logged_and_writes_nothing(
-        api: Recorder, memo: kopf.Memo, caplog: pytest.LogCaptureFixture) -> None:
+        api: Recorder, memo: kopf.Memo, caplog: pytest.LogCaptureFixture, malformed: Any) -> None:
     body = _secret_report()
-    body["report"]["secrets"][0]["severity"] = "SEVERE"
+    malformed(body["report"]["secrets"])
     handlers.exposed_secret_report(type="ADDED", body=body, memo=memo, logger=LOG)
     assert api.writes == []
     assert "ExposedSecretReport" in caplog.text and "malformed" in caplog.text

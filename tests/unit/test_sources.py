@@ -29,6 +29,7 @@ from firebreak.sources.signal import (
     SignalStatus,
     fingerprint_of,
     incident_name,
+    json_size,
     labels_fingerprint,
 )
 from firebreak.sources.trivy import (
@@ -969,9 +970,14 @@ RS = Target(kind=TargetKind.replica_set, namespace="default", name="nginx-6d4cf5
 @pytest.mark.parametrize(("labels", "fields", "target", "subject"), [
     pytest.param({}, {}, RS, "replicaset nginx-6d4cf56db6", id="labels"),
     pytest.param({NAMESPACE: None}, {}, RS, "replicaset nginx-6d4cf56db6", id="namespace-of-the-report"),
-    pytest.param({NAMESPACE: "shop"}, {}, Target(kind=TargetKind.replica_set, namespace="shop",
-                                                 name="nginx-6d4cf56db6"),
-                 "replicaset nginx-6d4cf56db6", id="namespace-label-first"),
+    pytest.param({NAMESPACE: "default"}, {}, RS, "replicaset nginx-6d4cf56db6",
+                 id="namespace-label-agrees"),
+    # A namespaced report speaks only for its own namespace (see the hostile variants).
+    pytest.param({NAMESPACE: "shop"}, {}, None, "replicaset nginx-6d4cf56db6",
+                 id="namespace-label-of-another-namespace"),
+    pytest.param({NAMESPACE: "shop"}, {"namespace": None},
+                 Target(kind=TargetKind.replica_set, namespace="shop", name="nginx-6d4cf56db6"),
+                 "replicaset nginx-6d4cf56db6", id="namespace-label-of-a-report-without-one"),
     pytest.param({NAMESPACE: None}, {"namespace": None}, None, "replicaset nginx-6d4cf56db6",
                  id="no-namespace-no-target"),
     pytest.param({KIND: "Node", NAME: "worker-1", NAMESPACE: None}, {"namespace": None},
@@ -1337,6 +1343,142 @@ def test_each_reader_refuses_the_other_kinds() -> None:
         secrets(report(AUDIT_REPORT))
     with pytest.raises(ValidationError):
         trivy(report(AUDIT_REPORT))
+
+
+# --- Descriptions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("check", "line"), [
+    ({"messages": ["runs privileged", "mounts /"], "title": "T"},
+     "KSV017 (CRITICAL) in container app: runs privileged; mounts /"),
+    ({"messages": [], "title": "Privileged container"},
+     "KSV017 (CRITICAL) in container app: Privileged container"),
+    ({"messages": None, "title": None}, "KSV017 (CRITICAL) in container app"),
+    ({"scope": None, "title": ""}, "KSV017 (CRITICAL)"),
+    ({"scope": {"type": "Container", "value": ""}}, "KSV017 (CRITICAL)"),
+])
+def test_a_failed_check_is_described_by_its_messages_else_its_title(
+        check: dict[str, Any], line: str) -> None:
+    body = report(AUDIT_REPORT)
+    body["report"]["checks"] = [{"checkID": "KSV017", "severity": "CRITICAL", "success": False,
+                                 "scope": {"type": "Container", "value": "app"}, **check}]
+    signal = audit(body)
+    assert signal is not None
+    assert signal.description == line
+
+
+@pytest.mark.parametrize(("secret", "line", "named"), [
+    ({"category": "AWS", "target": "/app/.env"}, "r1 (CRITICAL, AWS) in /app/.env", "AWS"),
+    ({"category": None, "target": None}, "r1 (CRITICAL, uncategorised) in the image", "r1"),
+    ({"category": "", "title": None}, "r1 (CRITICAL, uncategorised) in /f", "r1"),
+])
+def test_a_secret_is_described_by_rule_category_and_file(
+        secret: dict[str, Any], line: str, named: str) -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = [{"ruleID": "r1", "severity": "CRITICAL", "target": "/f",
+                                  "match": LEAKED, **secret}]
+    signal = secrets(body)
+    assert signal is not None and signal.description is not None
+    assert signal.description.split("\n")[1] == line
+    assert signal.title == f"1 exposed secret ({named}) in app (replicaset app-67b77f5965)"
+    assert LEAKED not in signal.model_dump_json()
+
+
+# --- Hostile reports -------------------------------------------------------------------
+
+READERS = [
+    pytest.param(trivy, NGINX_REPORT, id="VulnerabilityReport"),
+    pytest.param(secrets, SECRET_REPORT, id="ExposedSecretReport"),
+    pytest.param(audit, AUDIT_REPORT, id="ConfigAuditReport"),
+]
+
+
+@pytest.mark.parametrize(("read", "fixture"), READERS)
+@pytest.mark.parametrize(("labels", "named"), [
+    pytest.param({NAMESPACE: "payments"}, "ReplicaSet payments/{name}", id="another-namespace"),
+    pytest.param({KIND: "Node", NAME: "worker-1"}, "Node worker-1", id="a-node"),
+])
+def test_a_report_cannot_steer_containment_out_of_its_namespace(
+        read: Any, fixture: str, labels: dict[str, str], named: str) -> None:
+    body = report(fixture)
+    name = body["metadata"]["labels"][NAME]
+    body = meta(body, labels)
+    signal = read(body)
+    assert signal is not None
+    assert signal.target is None
+    assert signal.target_problem == (
+        f"the report default/{body['metadata']['name']} names {named.format(name=name)}: "
+        f"a namespaced report speaks only for objects in its own namespace")
+    assert signal.labels["trivy_resource_kind"] == body["metadata"]["labels"][KIND]
+
+
+@pytest.mark.parametrize(("read", "fixture"), READERS)
+def test_a_report_about_an_object_firebreak_cannot_act_on_is_recorded_without_a_target(
+        read: Any, fixture: str) -> None:
+    body = meta(report(fixture), {KIND: "Role", NAME: "reader"})
+    signal = read(body)
+    assert signal is not None
+    assert signal.target is None and signal.target_problem is None
+    assert signal.labels["trivy_resource_kind"] == "Role"
+    assert "role reader" in signal.title
+
+
+# Short: pydantic shortens the long input it quotes, which would hide a leak.
+SHORT_LEAK = "AKIA-LEAK"
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda b: b["report"].__setitem__("secrets", {"match": SHORT_LEAK}),
+                 id="secrets-an-object"),
+    pytest.param(lambda b: b["report"].__setitem__("secrets", SHORT_LEAK), id="secrets-a-string"),
+    pytest.param(lambda b: b["report"]["secrets"].append(SHORT_LEAK), id="a-finding-a-string"),
+    pytest.param(lambda b: b["report"]["secrets"][0].__setitem__("target", [SHORT_LEAK]),
+                 id="a-file-a-list"),
+    pytest.param(lambda b: b["report"]["secrets"][0].__setitem__("ruleID", {"match": SHORT_LEAK}),
+                 id="a-rule-an-object"),
+    pytest.param(lambda b: b.__setitem__("report", f"match: {SHORT_LEAK}"), id="report-a-string"),
+])
+def test_a_malformed_secret_report_is_refused_without_quoting_its_input(change: Any) -> None:
+    body = report(SECRET_REPORT)
+    change(body)
+    with pytest.raises(ValidationError) as refused:
+        secrets(body)
+    message = str(refused.value)
+    assert "report" in message  # where the problem is, still said
+    assert SHORT_LEAK not in message and "*****" not in message
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda b: b["report"].__setitem__("checks", {"KSV017": False}),
+                 id="checks-an-object"),
+    pytest.param(lambda b: b["report"]["checks"].append("KSV017"), id="a-check-a-string"),
+    pytest.param(lambda b: b["report"]["checks"][0].__setitem__("messages", "privileged"),
+                 id="messages-a-string"),
+    pytest.param(lambda b: b["report"]["checks"][0].__setitem__("severity", "critical"),
+                 id="severity-lower-case"),
+    pytest.param(lambda b: b["report"]["checks"][0].__setitem__("scope", "nginx"),
+                 id="scope-a-string"),
+])
+def test_a_malformed_config_audit_report_is_refused(change: Any) -> None:
+    body = report(AUDIT_REPORT)
+    change(body)
+    with pytest.raises(ValidationError):
+        audit(body)
+
+
+def test_a_hostile_config_audit_report_is_bounded() -> None:
+    body = report(AUDIT_REPORT)
+    failing = body["report"]["checks"][-1]
+    assert failing["checkID"] == "privilegeEscalationAllowed" and failing["success"] is False
+    failing.update(checkID="K" * 5000, messages=["\ud800" + "m" * 20000] * 3,
+                   scope={"type": "Container", "value": "c\ud800" * 1000})
+    signal = audit(body)
+    assert signal is not None
+    dumped = signal.model_dump_json()
+    assert "\ud800" not in dumped
+    assert json_size(signal.title) <= 1024 and json_size(signal.description or "") <= 8192
+    assert all(json_size(key) <= 256 and json_size(value) <= 1024
+               for key, value in signal.labels.items())
 
 
 # === POST /signals =====================================================================

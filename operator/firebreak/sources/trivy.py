@@ -12,6 +12,11 @@ A secret's value (Trivy's ``match``, masked or not) never leaves this module:
 an incident is stored in etcd, copied into Kopf's annotations and shown to
 everyone who may read incidents, so it names the rule, the category and the file
 only.
+
+These reports are namespaced, and Trivy writes each in the namespace of the
+object it scanned. A report that names an object elsewhere (or a Node) is not
+taken at its word: whoever may write reports in one namespace must not steer
+containment into another, so such a signal keeps no target, and says why.
 """
 
 from __future__ import annotations
@@ -146,17 +151,23 @@ def _subject(meta: _Metadata) -> tuple[str | None, str | None, str | None]:
 _TARGET_KINDS = {kind.value: kind for kind in TargetKind}
 
 
-def _target(kind: str | None, namespace: str | None, name: str | None) -> Target | None:
-    # Kinds Firebreak cannot act on (CronJob, ReplicationController...) get no
+def _target(kind: str | None, namespace: str | None, name: str | None,
+            meta: _Metadata) -> tuple[Target | None, str | None]:
+    """The object to act on, or None; and why a named object is not acted on."""
+    # Kinds Firebreak cannot act on (CronJob, ReplicationController, Role...) get no
     # target; the signal still records them in its labels.
     target_kind = _TARGET_KINDS.get(kind or "")
     if target_kind is None or not name:
-        return None
-    if target_kind is TargetKind.node:
-        return Target(kind=target_kind, name=name)
+        return None, None
+    if meta.namespace and (target_kind is TargetKind.node or namespace != meta.namespace):
+        where = name if target_kind is TargetKind.node else f"{namespace}/{name}"
+        return None, (f"the report {meta.namespace}/{meta.name} names {kind} {where}: a "
+                      f"namespaced report speaks only for objects in its own namespace")
+    if target_kind is TargetKind.node:  # a report with no namespace: a cluster-scoped one
+        return Target(kind=target_kind, name=name), None
     if not namespace:
-        return None
-    return Target(kind=target_kind, namespace=namespace, name=name)
+        return None, None
+    return Target(kind=target_kind, namespace=namespace, name=name), None
 
 
 def _image(body: _ReportBody | _SecretBody) -> str | None:
@@ -203,6 +214,7 @@ def signal_from_vulnerability_report(
     ids = sorted({v.vulnerability_id for v in passing})
 
     kind, namespace, name = _subject(parsed.metadata)
+    target, problem = _target(kind, namespace, name, parsed.metadata)
     container = parsed.metadata.labels.get(LABEL_CONTAINER)
     image = _image(body)
     # Identity of the finding, not of the report object: no uid or timestamps,
@@ -250,7 +262,8 @@ def signal_from_vulnerability_report(
         title=title,
         description="\n".join(lines),
         alert_name=ALERT_NAME,
-        target=_target(kind, namespace, name),
+        target=target,
+        target_problem=problem,
         labels={key: value for key, value in labels.items() if value},
         time=body.update_timestamp,
     )
@@ -302,6 +315,13 @@ class _SecretBody(_Wire):
 class ExposedSecretReport(_Wire):
     """An ``aquasecurity.github.io/v1alpha1`` ExposedSecretReport, as far as it is read."""
 
+    # A malformed report is logged with pydantic's message, which would otherwise
+    # quote the offending input: a ``secrets`` that is an object, or a finding whose
+    # file is a list, can carry the value as well as a ``match`` does.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True,
+        hide_input_in_errors=True)
+
     api_version: Literal["aquasecurity.github.io/v1alpha1"]
     kind: Literal["ExposedSecretReport"]
     metadata: _Metadata
@@ -345,6 +365,7 @@ def signal_from_exposed_secret_report(
     top = passing[0]
 
     kind, namespace, name = _subject(parsed.metadata)
+    target, problem = _target(kind, namespace, name, parsed.metadata)
     container = parsed.metadata.labels.get(LABEL_CONTAINER)
     image = _image(body)
     fingerprint = fingerprint_of(
@@ -373,7 +394,8 @@ def signal_from_exposed_secret_report(
         title=title,
         description="\n".join(lines),
         alert_name=SECRET_ALERT_NAME,
-        target=_target(kind, namespace, name),
+        target=target,
+        target_problem=problem,
         labels=_trivy_labels(
             kind, name, trivy_report="ExposedSecretReport", container=container,
             image=image, secrets=str(count), top_rule=top.rule_id,
@@ -455,6 +477,7 @@ def signal_from_config_audit_report(
     top = passing[0][1]
 
     kind, namespace, name = _subject(parsed.metadata)
+    target, problem = _target(kind, namespace, name, parsed.metadata)
     fingerprint = fingerprint_of(
         "ConfigAuditReport", kind, namespace, name or parsed.metadata.name,
         *(key for key, _ in passing))
@@ -479,7 +502,8 @@ def signal_from_config_audit_report(
         title=title,
         description="\n".join(lines),
         alert_name=CONFIG_ALERT_NAME,
-        target=_target(kind, namespace, name),
+        target=target,
+        target_problem=problem,
         labels=_trivy_labels(
             kind, name, trivy_report="ConfigAuditReport", failed_checks=str(count),
             top_check=top.check_id),
