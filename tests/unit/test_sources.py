@@ -1143,6 +1143,7 @@ def test_exposed_secret_report_of_a_replicaset() -> None:
         "secrets": "1",
         "top_rule": "stripe-access-token",
         "secret_category": "Stripe",
+        "rule/stripe-access-token": "HIGH",
     }
     assert signal.description is not None
     assert "stripe-access-token (HIGH, Stripe) in /app/config/secret.yaml" in signal.description
@@ -1273,6 +1274,7 @@ def test_config_audit_report_of_a_replicaset() -> None:
         "trivy_report": "ConfigAuditReport",
         "failed_checks": "1",
         "top_check": "privilegeEscalationAllowed",
+        "check/privilegeEscalationAllowed": "CRITICAL",
     }
     assert signal.description == ("privilegeEscalationAllowed (CRITICAL) in container nginx: "
                                   "Privilege escalation should not be allowed")
@@ -1345,7 +1347,62 @@ def test_each_reader_refuses_the_other_kinds() -> None:
         trivy(report(AUDIT_REPORT))
 
 
-# --- Descriptions -------------------------------------------------------------------
+# --- What a playbook can tell apart: a label per rule and per check ---------------------
+
+
+def test_each_rule_found_is_a_label_holding_its_worst_severity() -> None:
+    body = add_secret(report(SECRET_REPORT), "aws-access-key-id", severity="HIGH", target="/a")
+    body = add_secret(body, "aws-access-key-id", severity="CRITICAL", target="/b")
+    signal = secrets(body)
+    assert signal is not None
+    assert {k: v for k, v in signal.labels.items() if k.startswith("rule/")} == {
+        "rule/aws-access-key-id": "CRITICAL", "rule/stripe-access-token": "HIGH"}
+    assert signal.labels["secrets"] == "3"  # one rule in two files is two secrets
+
+
+def test_each_failed_check_is_a_label_and_a_passed_one_is_not() -> None:
+    body = report(AUDIT_REPORT)
+    signal = audit(body, config_min_severity="LOW")
+    assert signal is not None
+    assert {k: v for k, v in signal.labels.items() if k.startswith("check/")} == {
+        "check/privilegeEscalationAllowed": "CRITICAL", "check/notReadOnlyRootFilesystem": "LOW"}
+
+
+def many_rules(count: int) -> dict[str, Any]:
+    """The secret sample with ``count`` HIGH rules, then one CRITICAL rule last by name."""
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = []
+    for i in range(count):
+        body = add_secret(body, f"rule-{i:02d}", severity="HIGH")
+    return add_secret(body, "zz-worst", severity="CRITICAL")
+
+
+@pytest.mark.parametrize(("count", "labelled"), [(28, 29), (29, 30), (30, 30), (45, 30)])
+def test_at_most_thirty_rules_are_labels_the_worst_first(count: int, labelled: int) -> None:
+    signal = secrets(many_rules(count))
+    assert signal is not None
+    rules = [key for key in signal.labels if key.startswith("rule/")]
+    assert len(rules) == labelled
+    assert "rule/zz-worst" in rules and "rule/rule-00" in rules
+    assert signal.labels["secrets"] == str(count + 1)
+    assert signal.labels["top_rule"] == "zz-worst"
+    assert signal.labels["trivy_report"] == "ExposedSecretReport"  # never crowded out
+
+
+def test_many_failed_checks_are_counted_described_twenty_and_labelled_thirty() -> None:
+    body = report(AUDIT_REPORT)
+    body["report"]["checks"] = [
+        {"checkID": f"KSV{i:03d}", "severity": "CRITICAL", "success": False,
+         "title": f"check {i}", "messages": None, "category": None, "scope": None}
+        for i in range(45)]
+    signal = audit(body)
+    assert signal is not None and signal.description is not None
+    lines = signal.description.split("\n")
+    assert lines[0] == "KSV000 (CRITICAL): check 0"
+    assert lines[20:] == ["... and 25 more"]
+    assert signal.labels["failed_checks"] == "45"
+    assert len([key for key in signal.labels if key.startswith("check/")]) == 30
+    assert signal.title == "45 failed CRITICAL configuration checks (KSV000) in replicaset nginx-6d4cf56db6"
 
 
 @pytest.mark.parametrize(("check", "line"), [

@@ -21,7 +21,7 @@ containment into another, so such a signal keeps no target, and says why.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
@@ -52,6 +52,10 @@ ANNOTATION_NAME = "trivy-operator.resource.name"
 
 ALERT_NAME = "VulnerableWorkload"
 _DESCRIBED = 20  # findings listed in the description; the rest are counted
+# Rules and checks given a label each (``rule/<id>``, ``check/<id>``), the worst
+# first, so a playbook can answer one whichever is on top; well within the labels a
+# signal may carry.
+_LABELLED = 30
 
 
 class TrivyThresholds(BaseModel):
@@ -332,9 +336,16 @@ def _subject_text(kind: str | None, name: str | None, meta: _Metadata) -> str:
     return f"{(kind or 'workload').lower()} {name or meta.name}"
 
 
-def _trivy_labels(kind: str | None, name: str | None, **more: str | None) -> dict[str, str]:
-    labels = {"trivy_resource_kind": kind, "trivy_resource_name": name, **more}
-    return {key: value for key, value in labels.items() if value}
+def _trivy_labels(kind: str | None, name: str | None, found: Iterable[tuple[str, str]],
+                  **more: str | None) -> dict[str, str]:
+    """The report's labels, and one per rule or check found (``found``: key and
+    severity, worst first), each with its worst severity."""
+    labels: dict[str, str] = {}
+    for key, severity in found:
+        if key not in labels and len(labels) < _LABELLED:
+            labels[key] = severity
+    named = {"trivy_resource_kind": kind, "trivy_resource_name": name, **more}
+    return {**labels, **{key: value for key, value in named.items() if value}}
 
 
 def signal_from_exposed_secret_report(
@@ -397,7 +408,8 @@ def signal_from_exposed_secret_report(
         target=target,
         target_problem=problem,
         labels=_trivy_labels(
-            kind, name, trivy_report="ExposedSecretReport", container=container,
+            kind, name, ((f"rule/{s.rule_id}", s.severity) for s in passing),
+            trivy_report="ExposedSecretReport", container=container,
             image=image, secrets=str(count), top_rule=top.rule_id,
             secret_category=top.category),
         time=body.update_timestamp,
@@ -505,7 +517,8 @@ def signal_from_config_audit_report(
         target=target,
         target_problem=problem,
         labels=_trivy_labels(
-            kind, name, trivy_report="ConfigAuditReport", failed_checks=str(count),
+            kind, name, ((f"check/{c.check_id}", c.severity) for _, c in passing),
+            trivy_report="ConfigAuditReport", failed_checks=str(count),
             top_check=top.check_id),
         time=body.update_timestamp,
     )
