@@ -189,3 +189,26 @@ def answered(match: dict[str, Any]) -> set[str]:
 ])
 def test_scanner_findings_are_told_apart(match: dict[str, Any], expected: set[str]) -> None:
     assert answered(match) == expected
+
+
+def ready_playbooks() -> list[PlaybookCandidate]:
+    found = []
+    for path in sorted((REPO / "playbooks").glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        found.append(PlaybookCandidate(body["metadata"]["namespace"], body["metadata"]["name"],
+                                       ResponsePlaybookSpec.model_validate(body["spec"])))
+    return found
+
+
+@pytest.mark.parametrize(("finding", "chosen"), [
+    ("secret", "exposed-secret"),
+    ("posted-as-trivy", "audit-only"),  # a script's "ExposedSecret" is not Trivy's
+    ("audit", "audit-only"),
+    ("vulnerable", "audit-only"),
+    ("posted", "audit-only"),
+    ("posted-as-falco", "audit-only"),
+    ("falco", "shell-in-container"),
+])
+def test_the_ready_playbooks_answer_each_sample(finding: str, chosen: str) -> None:
+    picked = select_playbook(FINDINGS[finding], "default", ready_playbooks(), OPERATOR_NS)
+    assert picked is not None and picked.name == chosen
