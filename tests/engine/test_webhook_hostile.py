@@ -490,6 +490,50 @@ def test_any_posted_signal(served: Served, namespace: str, name: str, fingerprin
     assert (code == 200) == valid, code
 
 
+POSTED_FIELDS = {"source", "fingerprint", "severity", "title", "description", "alertName",
+                 "target", "labels", "status", "time"}
+OPTIONAL_FIELDS = {
+    "alertName": st.none() | st.text() | st.integers(),
+    "description": st.none() | st.text() | st.lists(st.text(), max_size=2),
+    "status": st.sampled_from(["firing", "resolved", "Firing", "pending"]),
+    "time": st.sampled_from(["2025-03-01T11:59:00Z", "2025-03-01T11:59:00+02:00",
+                             "2025-03-01T11:59:00", "yesterday"]),
+    "target": st.fixed_dictionaries({
+        "kind": st.sampled_from(["Pod", "Deployment", "Node", "CronJob", "pod"]),
+        "namespace": st.sampled_from([NS, None]),
+        "name": st.sampled_from(["web-5d9c-0", "", "UPPER_case"])}),
+    "labels": st.dictionaries(LABEL_KEYS, st.text() | st.integers(), max_size=4),
+}
+
+
+def _optional_field_is_valid(key: str, value: Any) -> bool:
+    """What the published schema says of each optional field, written out."""
+    if key in ("alertName", "description"):
+        return value is None or isinstance(value, str)
+    if key == "status":
+        return value in ("firing", "resolved")
+    if key == "time":
+        return value.endswith(("Z", "+02:00"))
+    if key == "target":
+        kinds = ("Pod", "Deployment", "Node")
+        return (value["kind"] in kinds and value["name"] != ""
+                and (value["namespace"] is None) == (value["kind"] == "Node"))
+    return all(isinstance(v, str) for v in value.values())  # labels
+
+
+@SETTINGS
+@given(optional=st.fixed_dictionaries({}, optional=OPTIONAL_FIELDS),
+       unknown=st.none() | st.sampled_from(["alert_name", "Severity", "match"]) | st.text())
+def test_any_optional_fields_of_a_posted_signal(served: Served, optional: dict[str, Any],
+                                                unknown: str | None) -> None:
+    assume(unknown not in POSTED_FIELDS)
+    posted = {"source": "grype", "fingerprint": "f", "severity": "high", "title": "t",
+              **optional, **({} if unknown is None else {unknown: "x"})}
+    code = answer(served, "/signals", json.dumps(posted).encode(), AUTH)
+    valid = unknown is None and all(_optional_field_is_valid(k, v) for k, v in optional.items())
+    assert (code == 200) == valid, (code, posted)
+
+
 @SETTINGS
 @given(token=st.text(max_size=20), scheme=st.sampled_from(["Bearer", "bearer", "Basic", ""]))
 def test_a_wrong_token_is_always_a_401(served: Served, token: str,

@@ -1594,3 +1594,14 @@ def test_a_posted_signal_is_immutable_and_its_schema_titled_signal() -> None:
     with pytest.raises(ValidationError):
         posted.title = "changed"  # type: ignore[misc]
     assert signal_schema()["title"] == "Signal"
+
+
+def test_the_readmes_table_of_posted_fields_is_the_served_schema() -> None:
+    from firebreak.sources.external import signal_schema
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("| field | required | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1:3] for line in table.strip().splitlines()[1:]]
+    documented = {field.strip().strip("`"): required.strip() == "yes" for field, required in rows}
+    schema = signal_schema()
+    assert documented == {field: field in schema["required"] for field in schema["properties"]}
