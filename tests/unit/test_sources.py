@@ -1147,8 +1147,12 @@ def test_exposed_secret_report_of_a_replicaset() -> None:
     }
     assert signal.description is not None
     assert "stripe-access-token (HIGH, Stripe) in /app/config/secret.yaml" in signal.description
-    assert "Rotate the credential" in signal.description
+    assert signal.description.split("\n")[-1] == (
+        "Rotate the credential: removing it from the image does not revoke it.")
     assert signal.time == dt.datetime(2022, 6, 29, 14, 29, 37, tzinfo=dt.UTC)
+    assert signal.fingerprint == fingerprint_of(
+        "ExposedSecretReport", "ReplicaSet", "default", "app-67b77f5965", "app",
+        "stripe-access-token@/app/config/secret.yaml")
 
 
 def test_a_secrets_value_never_enters_the_signal() -> None:
@@ -1536,6 +1540,98 @@ def test_a_hostile_config_audit_report_is_bounded() -> None:
     assert json_size(signal.title) <= 1024 and json_size(signal.description or "") <= 8192
     assert all(json_size(key) <= 256 and json_size(value) <= 1024
                for key, value in signal.labels.items())
+
+
+# --- Edges of the secret and check readers ---------------------------------------------
+
+
+def test_a_one_character_rule_or_check_is_an_id() -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = [{"ruleID": "r", "severity": "HIGH"}]
+    found = secrets(body)
+    assert found is not None and found.labels["top_rule"] == "r"
+    body = report(AUDIT_REPORT)
+    body["report"]["checks"] = [{"checkID": "K", "severity": "CRITICAL", "success": False}]
+    failed = audit(body)
+    assert failed is not None and failed.labels["top_check"] == "K"
+    assert failed.description == "K (CRITICAL)"
+
+
+def test_a_secret_with_only_a_rule_and_a_severity() -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = [{"ruleID": "r1", "severity": "HIGH"}]
+    signal = secrets(body)
+    assert signal is not None and signal.description is not None
+    assert signal.description.split("\n")[1] == "r1 (HIGH, uncategorised) in the image"
+    assert "secret_category" not in signal.labels
+
+
+def test_a_scope_without_a_value_is_no_container() -> None:
+    body = report(AUDIT_REPORT)
+    body["report"]["checks"] = [{"checkID": "KSV017", "severity": "CRITICAL", "success": False,
+                                 "scope": {"type": "Container"}}]
+    signal = audit(body)
+    assert signal is not None and signal.description == "KSV017 (CRITICAL)"
+    assert signal.fingerprint == fingerprint_of(
+        "ConfigAuditReport", "ReplicaSet", "default", "nginx-6d4cf56db6", "KSV017")
+
+
+@pytest.mark.parametrize(("read", "fixture"), READERS)
+def test_a_report_naming_no_kind_is_about_a_workload(read: Any, fixture: str) -> None:
+    body = meta(report(fixture), {KIND: None}, ownerReferences=[])
+    signal = read(body)
+    assert signal is not None and signal.target is None
+    assert f"workload {body['metadata']['labels'][NAME]}" in signal.title
+
+
+@pytest.mark.parametrize("order", ["as-listed", "reversed"])
+def test_one_rule_in_one_file_is_its_worst_finding_whatever_the_order(order: str) -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = [
+        {"ruleID": "r1", "severity": "HIGH", "target": "/f", "category": "AWS"},
+        {"ruleID": "r1", "severity": "CRITICAL", "target": "/f", "category": "GCP"},
+        {"ruleID": "r1", "severity": "CRITICAL", "target": "/f", "category": "Azure"},
+    ]
+    if order == "reversed":
+        body["report"]["secrets"].reverse()
+    signal = secrets(body)
+    assert signal is not None
+    assert signal.severity is Severity.critical
+    assert signal.labels["secrets"] == "1" and signal.labels["rule/r1"] == "CRITICAL"
+    assert signal.labels["secret_category"] == "GCP"  # among equals, by category
+
+
+@pytest.mark.parametrize(("count", "more"), [(1, None), (20, None), (21, "... and 1 more"),
+                                             (25, "... and 5 more")])
+def test_the_description_lists_twenty_secrets(count: int, more: str | None) -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = [{"ruleID": f"r{i:02d}", "severity": "HIGH", "target": "/f"}
+                                 for i in range(count)]
+    signal = secrets(body)
+    assert signal is not None and signal.description is not None
+    lines = signal.description.split("\n")
+    assert lines[0] == "Image: index.docker.io/myimagewithsecret:v0.18.0-rc"
+    assert lines[1] == "r00 (HIGH, uncategorised) in /f"
+    assert lines[1 + min(count, 20):-1] == ([more] if more else [])
+
+
+@pytest.mark.parametrize(("count", "more"), [(20, None), (21, "... and 1 more")])
+def test_the_description_lists_twenty_failed_checks(count: int, more: str | None) -> None:
+    body = report(AUDIT_REPORT)
+    body["report"]["checks"] = [{"checkID": f"KSV{i:03d}", "severity": "CRITICAL",
+                                 "success": False} for i in range(count)]
+    signal = audit(body)
+    assert signal is not None and signal.description is not None
+    assert signal.description.split("\n")[20:] == ([more] if more else [])
+
+
+def test_the_worst_failed_check_is_on_top() -> None:
+    signal = audit(report(AUDIT_REPORT), config_min_severity="LOW")
+    assert signal is not None
+    assert signal.labels["top_check"] == "privilegeEscalationAllowed"
+    assert signal.severity is Severity.critical
+    assert signal.description is not None
+    assert signal.description.split("\n")[0].startswith("privilegeEscalationAllowed (CRITICAL)")
 
 
 # === POST /signals =====================================================================

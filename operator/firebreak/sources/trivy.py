@@ -282,16 +282,14 @@ class _Secret(_Wire):
     # ``match`` (the line holding the secret) is deliberately not a field, and unknown
     # fields are dropped rather than kept: what is not held cannot be copied into an
     # incident by mistake.
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore")
 
     rule_id: str = Field(alias="ruleID", min_length=1)
     severity: TrivySeverity
     category: str = ""
-    title: str = ""
     target: str = ""
 
-    @field_validator("category", "title", "target", mode="before")
+    @field_validator("category", "target", mode="before")
     @classmethod
     def _null_is_empty(cls, value: Any) -> Any:
         return "" if value is None else value
@@ -305,31 +303,27 @@ class _SecretBody(_Wire):
 
     @field_validator("secrets", mode="before")
     @classmethod
-    def _without_values(cls, value: Any) -> Any:
-        # Dropped before validation, so that not even an error message about a
-        # malformed finding (which is logged) quotes the secret.
-        if value is None:
-            return []
-        if isinstance(value, list):
-            return [{k: v for k, v in item.items() if k != "match"}
-                    if isinstance(item, dict) else item for item in value]
-        return value
+    def _null_is_none_found(cls, value: Any) -> Any:
+        return [] if value is None else value
 
 
 class ExposedSecretReport(_Wire):
     """An ``aquasecurity.github.io/v1alpha1`` ExposedSecretReport, as far as it is read."""
 
     # A malformed report is logged with pydantic's message, which would otherwise
-    # quote the offending input: a ``secrets`` that is an object, or a finding whose
-    # file is a list, can carry the value as well as a ``match`` does.
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True,
-        hide_input_in_errors=True)
+    # quote the offending input: a finding's ``match``, a ``secrets`` that is an
+    # object, or a finding whose file is a list can all carry the value.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     api_version: Literal["aquasecurity.github.io/v1alpha1"]
     kind: Literal["ExposedSecretReport"]
     metadata: _Metadata
     report: _SecretBody
+
+
+def _worse(secret: _Secret, than: _Secret) -> bool:
+    # The category breaks a tie, so the one kept does not depend on the order.
+    return (_RANK[secret.severity], secret.category) > (_RANK[than.severity], than.category)
 
 
 def _subject_text(kind: str | None, name: str | None, meta: _Metadata) -> str:
@@ -353,8 +347,8 @@ def signal_from_exposed_secret_report(
 ) -> Signal | None:
     """The signal an ExposedSecretReport raises, or None when no secret is severe enough.
 
-    Only each secret's rule, category, title, severity and file are read; its value
-    never is. Raises pydantic's ``ValidationError`` on a malformed report.
+    Only each secret's rule, category, severity and file are read; its value never
+    is. Raises pydantic's ``ValidationError`` on a malformed report.
     """
     limits = thresholds or TrivyThresholds()
     parsed = ExposedSecretReport.model_validate(dict(report))
@@ -362,12 +356,13 @@ def signal_from_exposed_secret_report(
     floor = _RANK[limits.secret_min_severity]
     # One finding per rule and file: Trivy lists every matching line (a key file with
     # two Stripe keys is two entries), which is one credential leak to rotate there.
+    # The worst of them stands for it, whatever order Trivy listed them in.
     found: dict[tuple[str, str], _Secret] = {}
     for secret in body.secrets:
         if _RANK[secret.severity] < floor:
             continue
         key = (secret.rule_id, secret.target)
-        if key not in found or _RANK[secret.severity] > _RANK[found[key].severity]:
+        if key not in found or _worse(secret, found[key]):
             found[key] = secret
     if not found:
         return None
@@ -422,7 +417,6 @@ CONFIG_ALERT_NAME = "MisconfiguredWorkload"
 
 
 class _Scope(_Wire):
-    type: str = ""
     value: str = ""
 
 
@@ -430,12 +424,11 @@ class _Check(_Wire):
     check_id: str = Field(alias="checkID", min_length=1)
     severity: TrivySeverity
     success: bool
-    category: str = ""
     title: str = ""
     messages: list[str] = Field(default_factory=list)
     scope: _Scope | None = None
 
-    @field_validator("category", "title", mode="before")
+    @field_validator("title", mode="before")
     @classmethod
     def _null_is_empty(cls, value: Any) -> Any:
         return "" if value is None else value
