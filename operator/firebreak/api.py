@@ -57,6 +57,7 @@ class Source(StrEnum):
     trivy = "trivy"
     falco = "falco"
     manual = "manual"
+    external = "external"  # any other scanner or script, through POST /signals
 
 
 class ActionName(StrEnum):

@@ -69,7 +69,8 @@ class OperatorConfig(BaseModel):
     # --- intake: the webhook
     webhook_address: str = Field(
         default="0.0.0.0:8080",
-        description="host:port of the alert webhook (/alertmanager, /falco, /healthz, /readyz); "
+        description="host:port of the alert webhook (/alertmanager, /falco, /signals, /healthz, "
+                    "/readyz); "
                     "empty disables it.")
     webhook_auth: Literal["token", "none"] = Field(
         default="token",
@@ -116,6 +117,14 @@ class OperatorConfig(BaseModel):
         default=True, description="Count only findings that have a fixed version.")
     trivy_min_count: int = Field(
         default=1, ge=1, description="How many such findings open an incident.")
+    trivy_secret_min_severity: Literal["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"] = Field(
+        default="HIGH",
+        description="An ExposedSecretReport opens an incident for a secret of this severity "
+                    "or worse.")
+    trivy_config_min_severity: Literal["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"] = Field(
+        default="CRITICAL",
+        description="A ConfigAuditReport opens an incident for a failed check of this "
+                    "severity or worse.")
 
     @field_validator("namespace")
     @classmethod

@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,13 @@ from .leader import Elector
 from .matching import PlaybookCandidate
 from .pollers import PrometheusPoller
 from .readiness import PlaybookReadiness
-from .sources.trivy import TrivyThresholds, signal_from_vulnerability_report
+from .sources.signal import Signal
+from .sources.trivy import (
+    TrivyThresholds,
+    signal_from_config_audit_report,
+    signal_from_exposed_secret_report,
+    signal_from_vulnerability_report,
+)
 from .webhook import TokenSource, Webhook, describe_auth
 
 ALL = None  # the playbook index keeps every playbook under one key
@@ -133,7 +140,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         events=events,
         trivy=TrivyThresholds(min_severity=config.trivy_min_severity,
                               require_fix=config.trivy_require_fix,
-                              min_count=config.trivy_min_count),
+                              min_count=config.trivy_min_count,
+                              secret_min_severity=config.trivy_secret_min_severity,
+                              config_min_severity=config.trivy_config_min_severity),
         running=asyncio.create_task(controller.run()),
         webhook=webhook,
         poller=poller,
@@ -154,24 +163,49 @@ async def stop_intake(memo: kopf.Memo, **_: Any) -> None:
     found.events.close()
 
 
-@kopf.on.event("aquasecurity.github.io", "v1alpha1", "vulnerabilityreports")
-def vulnerability_report(type: str | None, body: kopf.Body, memo: kopf.Memo,
-                         logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
-    """Trivy Operator's reports: the same workload and findings always name the same
+TrivyReader = Callable[[Mapping[str, Any], TrivyThresholds], Signal | None]
+
+
+def _trivy_report(kind: str, read: TrivyReader, type: str | None, body: kopf.Body,
+                  memo: kopf.Memo,
+                  logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """A Trivy Operator report: the same workload and findings always name the same
     incident, so a report re-created on its TTL opens nothing new."""
     if type == "DELETED":
         return
     try:
-        signal = signal_from_vulnerability_report(dict(body), services(memo).trivy)
+        signal = read(dict(body), services(memo).trivy)
     except ValidationError as exc:
-        logger.warning("VulnerabilityReport %s/%s is malformed and ignored: %s",
+        logger.warning("%s %s/%s is malformed and ignored: %s", kind,
                        body.get("metadata", {}).get("namespace"),
                        body.get("metadata", {}).get("name"), exc)
         return
     if signal is not None:
         recorded = services(memo).intake.record(signal)
-        logger.info("VulnerabilityReport: incident %s/%s %s", recorded.namespace,
-                    recorded.name, recorded.outcome)
+        logger.info("%s: incident %s/%s %s", kind, recorded.namespace, recorded.name,
+                    recorded.outcome)
+
+
+@kopf.on.event("aquasecurity.github.io", "v1alpha1", "vulnerabilityreports")
+def vulnerability_report(type: str | None, body: kopf.Body, memo: kopf.Memo,
+                         logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
+    _trivy_report("VulnerabilityReport", signal_from_vulnerability_report, type, body, memo,
+                  logger)
+
+
+@kopf.on.event("aquasecurity.github.io", "v1alpha1", "exposedsecretreports")
+def exposed_secret_report(type: str | None, body: kopf.Body, memo: kopf.Memo,
+                          logger: logging.Logger | logging.LoggerAdapter[Any],
+                          **_: Any) -> None:
+    _trivy_report("ExposedSecretReport", signal_from_exposed_secret_report, type, body, memo,
+                  logger)
+
+
+@kopf.on.event("aquasecurity.github.io", "v1alpha1", "configauditreports")
+def config_audit_report(type: str | None, body: kopf.Body, memo: kopf.Memo,
+                        logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
+    _trivy_report("ConfigAuditReport", signal_from_config_audit_report, type, body, memo,
+                  logger)
 
 
 @kopf.index(GROUP, VERSION, PLAYBOOK_PLURAL)

@@ -1,4 +1,5 @@
-"""The alert webhook: ``POST /alertmanager``, ``POST /falco``, ``/healthz``, ``/readyz``.
+"""The alert webhook: ``POST /alertmanager``, ``POST /falco``, ``POST /signals`` (and
+its ``GET /signals/schema``), ``/healthz``, ``/readyz``.
 
 Every request ends in one of three ways, and never in a 500:
 
@@ -39,6 +40,7 @@ from .config import OperatorConfig
 from .intake import Deadline, Intake, Prepared, Recorded
 from .kube import ApiError, BadRequest, Invalid, Kube, TemporaryApiError, call
 from .sources.alertmanager import AlertmanagerPayload, signals_from_alertmanager
+from .sources.external import ExternalSignal, signal_from_external, signal_schema
 from .sources.falco import FalcoEvent, signal_from_falco
 from .sources.signal import Signal, clean
 
@@ -207,6 +209,8 @@ class Webhook:
                               middlewares=[self._guard, self._authenticate])
         app.router.add_post("/alertmanager", self._alertmanager, expect_handler=expect)
         app.router.add_post("/falco", self._falco, expect_handler=expect)
+        app.router.add_post("/signals", self._external, expect_handler=expect)
+        app.router.add_get("/signals/schema", self._schema)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         return app
@@ -360,6 +364,14 @@ class Webhook:
         assert isinstance(event, FalcoEvent)
         return await self._store(self._signals(lambda: [signal_from_falco(event)]))
 
+    async def _external(self, request: web.Request) -> web.Response:
+        posted = await self._body(request, ExternalSignal)
+        assert isinstance(posted, ExternalSignal)
+        return await self._store(self._signals(lambda: [signal_from_external(posted)]))
+
+    async def _schema(self, request: web.Request) -> web.Response:
+        return web.json_response(_SCHEMA)
+
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -373,6 +385,9 @@ class Webhook:
         if self.config.webhook_auth == "token" and token is None:
             return error(503, f"no bearer token available from {self.tokens.describe()}")
         return web.json_response({"status": "ready"})
+
+
+_SCHEMA = signal_schema()
 
 
 def describe_auth(config: OperatorConfig, tokens: TokenSource) -> str | None:

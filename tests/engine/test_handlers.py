@@ -234,6 +234,77 @@ def test_a_vulnerability_report_opens_an_incident(api: Recorder, memo: kopf.Memo
     assert created["spec"]["target"] == {"kind": "Deployment", "namespace": NS, "name": "web"}
 
 
+def _trivy_meta(name: str, container: str | None = None) -> dict[str, Any]:
+    labels = {"trivy-operator.resource.kind": "ReplicaSet",
+              "trivy-operator.resource.name": "web-5d9c",
+              "trivy-operator.resource.namespace": NS}
+    if container:
+        labels["trivy-operator.container.name"] = container
+    return {"name": name, "namespace": NS, "uid": "first", "labels": labels}
+
+
+def _secret_report() -> dict[str, Any]:
+    return {"apiVersion": "aquasecurity.github.io/v1alpha1", "kind": "ExposedSecretReport",
+            "metadata": _trivy_meta("replicaset-web-5d9c-app", "app"),
+            "report": {"artifact": {"repository": "library/web", "tag": "1.0"},
+                       "secrets": [{"ruleID": "aws-access-key-id", "category": "AWS",
+                                    "severity": "CRITICAL", "title": "AWS Access Key ID",
+                                    "target": "/app/.env", "match": "AKIA-LEAK"}]}}
+
+
+def _audit_report() -> dict[str, Any]:
+    return {"apiVersion": "aquasecurity.github.io/v1alpha1", "kind": "ConfigAuditReport",
+            "metadata": _trivy_meta("replicaset-web-5d9c"),
+            "report": {"checks": [{"checkID": "KSV017", "severity": "CRITICAL",
+                                   "success": False, "messages": ["privileged"],
+                                   "scope": {"type": "Container", "value": "app"}}]}}
+
+
+@pytest.mark.parametrize(("handler", "build", "alert_name"), [
+    (handlers.exposed_secret_report, _secret_report, "ExposedSecret"),
+    (handlers.config_audit_report, _audit_report, "MisconfiguredWorkload"),
+])
+def test_a_trivy_report_opens_one_incident_however_often_it_is_recreated(
+        api: Recorder, memo: kopf.Memo, handler: Any, build: Any, alert_name: str) -> None:
+    handler(type="ADDED", body=build(), memo=memo, logger=LOG)
+    again = build()
+    again["metadata"]["uid"] = "second"  # Trivy's TTL: a new object, the same findings
+    handler(type=None, body=again, memo=memo, logger=LOG)
+    handler(type="DELETED", body=again, memo=memo, logger=LOG)
+    (created,) = api.all("securityincidents", NS)
+    assert created["spec"]["source"] == "trivy"
+    assert created["spec"]["alertName"] == alert_name
+    assert created["spec"]["target"] == {"kind": "Deployment", "namespace": NS, "name": "web"}
+    assert "AKIA-LEAK" not in str(created)
+
+
+def test_a_report_naming_a_workload_of_another_namespace_acts_on_nothing(
+        api: Recorder, memo: kopf.Memo) -> None:
+    body = _audit_report()
+    body["metadata"]["namespace"] = "tenant-b"  # written where its author may write
+    handlers.config_audit_report(type="ADDED", body=body, memo=memo, logger=LOG)
+    assert api.all("securityincidents", NS) == []
+    (recorded,) = api.all("securityincidents", OPERATOR_NS)
+    assert "target" not in recorded["spec"]
+    problem = recorded["metadata"]["annotations"]["firebreak.dev/target-problem"]
+    assert problem.startswith(f"the report tenant-b/replicaset-web-5d9c names ReplicaSet {NS}/web-5d9c")
+
+
+@pytest.mark.parametrize("malformed", [
+    lambda secrets: secrets[0].__setitem__("severity", "SEVERE"),
+    lambda secrets: secrets.append("AKIA-LEAK"),
+    lambda secrets: secrets[0].__setitem__("target", ["AKIA-LEAK"]),
+])
+def test_a_malformed_trivy_report_is_logged_and_writes_nothing(
+        api: Recorder, memo: kopf.Memo, caplog: pytest.LogCaptureFixture, malformed: Any) -> None:
+    body = _secret_report()
+    malformed(body["report"]["secrets"])
+    handlers.exposed_secret_report(type="ADDED", body=body, memo=memo, logger=LOG)
+    assert api.writes == []
+    assert "ExposedSecretReport" in caplog.text and "malformed" in caplog.text
+    assert "AKIA-LEAK" not in caplog.text
+
+
 def test_services_must_have_been_set_up() -> None:
     with pytest.raises(RuntimeError, match="start-up handler did not run"):
         handlers.services(kopf.Memo())

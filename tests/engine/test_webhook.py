@@ -142,3 +142,93 @@ async def test_not_ready_when_the_token_secret_is_missing(api: Recorder, clock: 
         assert posted.status == 401
     hook.executor.shutdown(wait=True)
     assert api.writes == []
+
+
+def external(**fields: Any) -> dict[str, Any]:
+    return {"source": "grype", "fingerprint": "CVE-2025-0001/web", "severity": "high",
+            "title": "CVE-2025-0001 in web", "alertName": "CVE-2025-0001",
+            "target": {"kind": "Pod", "namespace": NS, "name": "web-5d9c-0"},
+            "labels": {"team": "payments"}, "time": "2025-03-01T11:59:00Z", **fields}
+
+
+async def test_a_posted_signal_opens_one_incident(http: TestClient,  # type: ignore[type-arg]
+                                                  api: Recorder) -> None:
+    response = await http.post("/signals", json=external(), headers=AUTH)
+    assert response.status == 200
+    (recorded,) = (await response.json())["incidents"]
+    assert recorded["outcome"] == "created"
+    stored = api.get("securityincidents", NS, recorded["name"])
+    assert stored is not None
+    spec = stored["spec"]
+    assert spec["source"] == "external"
+    assert spec["alertName"] == "CVE-2025-0001"
+    assert spec["severity"] == "high"
+    assert spec["target"] == {"kind": "Pod", "namespace": NS, "name": "web-5d9c-0"}
+    assert spec["labels"]["source"] == "grype" and spec["labels"]["team"] == "payments"
+
+    again = await http.post("/signals", json=external(), headers=AUTH)
+    assert again.status == 200
+    assert [i["name"] for i in (await again.json())["incidents"]] == [recorded["name"]]
+    assert len(api.all("securityincidents")) == 1
+
+
+async def test_two_senders_with_one_fingerprint_are_two_incidents(
+        http: TestClient, api: Recorder) -> None:  # type: ignore[type-arg]
+    for sender in ("grype", "kubescape"):
+        assert (await http.post("/signals", json=external(source=sender),
+                                headers=AUTH)).status == 200
+    assert len(api.all("securityincidents")) == 2
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    (external(severity="severe"), "severity"),
+    (external(title=""), "title"),
+    (external(source="not a name"), "source"),
+    (external(target={"kind": "Pod", "name": "web-5d9c-0"}), "target"),
+    (external(labels={"team": 1}), "labels.team"),
+    (external(alert_name="x"), "alert_name"),
+    ({k: v for k, v in external().items() if k != "fingerprint"}, "fingerprint"),
+    ([external()], "body"),
+])
+async def test_a_malformed_signal_is_a_400_naming_the_field(
+        http: TestClient, api: Recorder, body: Any, named: str) -> None:  # type: ignore[type-arg]
+    response = await http.post("/signals", json=body, headers=AUTH)
+    assert response.status == 400
+    message = (await response.json())["error"]
+    assert message.startswith("invalid ExternalSignal: ") and named in message
+    assert api.writes == []
+
+
+@pytest.mark.parametrize(("headers", "data", "status"), [
+    ({}, json.dumps(external()), 401),
+    ({**AUTH, "Content-Type": "text/plain"}, json.dumps(external()), 415),
+    ({**AUTH, "Content-Type": "application/json"}, b"\xff", 400),
+    ({**AUTH, "Content-Type": "application/json"}, b" " * 5000, 413),
+])
+async def test_posted_signals_get_the_intakes_answers(
+        http: TestClient, api: Recorder, headers: dict[str, str],  # type: ignore[type-arg]
+        data: Any, status: int) -> None:
+    response = await http.post("/signals", data=data, headers=headers)
+    assert response.status == status
+    assert "error" in await response.json()
+    assert api.writes == []
+
+
+async def test_a_posted_signal_is_a_503_while_the_api_server_cannot_store_it(
+        http: TestClient, api: Recorder) -> None:  # type: ignore[type-arg]
+    api.fail("create", "securityincidents", 503, "etcdserver: leader changed", times=1)
+    response = await http.post("/signals", json=external(), headers=AUTH)
+    assert response.status == 503 and response.headers["Retry-After"] == "5"
+    assert api.all("securityincidents") == []
+
+
+async def test_the_schema_is_served_without_a_token_and_describes_what_is_accepted(
+        http: TestClient) -> None:  # type: ignore[type-arg]
+    response = await http.get("/signals/schema")
+    assert response.status == 200
+    schema = await response.json()
+    assert schema["title"] == "Signal"
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == {"source", "fingerprint", "severity", "title"}
+    assert {"alertName", "target", "labels", "time", "status"} <= set(schema["properties"])
+    assert schema["$defs"]["Severity"]["enum"] == ["info", "low", "medium", "high", "critical"]

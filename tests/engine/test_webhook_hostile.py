@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import threading
 import time
 import zlib
@@ -417,7 +418,7 @@ HEADERS = st.dictionaries(
                      "User-Agent", "Idempotency-Key"]),
     st.sampled_from(["gzip", "deflate", "br", "identity", "x-bogus", "100-continue", "*/*"])
     | st.text(max_size=40), max_size=3)
-PATHS = st.sampled_from(["/alertmanager", "/falco"])
+PATHS = st.sampled_from(["/alertmanager", "/falco", "/signals"])
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
@@ -469,6 +470,68 @@ def test_any_falco_fields(served: Served, fields: dict[str, Any], rule: str,
              "time": "2025-03-01T11:59:00.123456789Z", "hostname": hostname}
     code = answer(served, "/falco", json.dumps(event).encode(), AUTH)
     assert (code == 200) == (rule != "" and priority != "bogus"), code
+
+
+@SETTINGS
+@given(namespace=NAMES, name=NAMES, fingerprint=st.text(), title=st.text(),
+       labels=st.dictionaries(LABEL_KEYS, NAMES, max_size=8),
+       severity=st.sampled_from(["critical", "info", "Critical", "bogus"]),
+       sender=st.sampled_from(["grype", "kube-bench", "in-house.check_1"]) | st.text(max_size=70))
+def test_any_posted_signal(served: Served, namespace: str, name: str, fingerprint: str,
+                           title: str, labels: dict[str, str], severity: str,
+                           sender: str) -> None:
+    posted = {"source": sender, "fingerprint": fingerprint, "severity": severity,
+              "title": title, "labels": labels,
+              "target": {"kind": "Pod", "namespace": namespace, "name": name}}
+    code = answer(served, "/signals", json.dumps(posted).encode(), AUTH)
+    valid = (bool(fingerprint) and bool(title) and bool(name) and bool(namespace)
+             and severity in ("critical", "info")
+             and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", sender) is not None)
+    assert (code == 200) == valid, code
+
+
+POSTED_FIELDS = {"source", "fingerprint", "severity", "title", "description", "alertName",
+                 "target", "labels", "status", "time"}
+OPTIONAL_FIELDS = {
+    "alertName": st.none() | st.text() | st.integers(),
+    "description": st.none() | st.text() | st.lists(st.text(), max_size=2),
+    "status": st.sampled_from(["firing", "resolved", "Firing", "pending"]),
+    "time": st.sampled_from(["2025-03-01T11:59:00Z", "2025-03-01T11:59:00+02:00",
+                             "2025-03-01T11:59:00", "yesterday"]),
+    "target": st.fixed_dictionaries({
+        "kind": st.sampled_from(["Pod", "Deployment", "Node", "CronJob", "pod"]),
+        "namespace": st.sampled_from([NS, None]),
+        "name": st.sampled_from(["web-5d9c-0", "", "UPPER_case"])}),
+    "labels": st.dictionaries(LABEL_KEYS, st.text() | st.integers(), max_size=4),
+}
+
+
+def _optional_field_is_valid(key: str, value: Any) -> bool:
+    """What the published schema says of each optional field, written out."""
+    if key in ("alertName", "description"):
+        return value is None or isinstance(value, str)
+    if key == "status":
+        return value in ("firing", "resolved")
+    if key == "time":
+        return value.endswith(("Z", "+02:00"))
+    if key == "target":
+        kinds = ("Pod", "Deployment", "Node")
+        return (value["kind"] in kinds and value["name"] != ""
+                and (value["namespace"] is None) == (value["kind"] == "Node"))
+    return all(isinstance(v, str) for v in value.values())  # labels
+
+
+@SETTINGS
+@given(optional=st.fixed_dictionaries({}, optional=OPTIONAL_FIELDS),
+       unknown=st.none() | st.sampled_from(["alert_name", "Severity", "match"]) | st.text())
+def test_any_optional_fields_of_a_posted_signal(served: Served, optional: dict[str, Any],
+                                                unknown: str | None) -> None:
+    assume(unknown not in POSTED_FIELDS)
+    posted = {"source": "grype", "fingerprint": "f", "severity": "high", "title": "t",
+              **optional, **({} if unknown is None else {unknown: "x"})}
+    code = answer(served, "/signals", json.dumps(posted).encode(), AUTH)
+    valid = unknown is None and all(_optional_field_is_valid(k, v) for k, v in optional.items())
+    assert (code == 200) == valid, (code, posted)
 
 
 @SETTINGS

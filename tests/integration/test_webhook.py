@@ -1,4 +1,5 @@
-"""The alert webhook on a real API server: auth, validation, limits, dedup, 503.
+"""The alert webhook on a real API server: auth, validation, limits, dedup, 503, and
+``POST /signals``.
 
 The server runs in-process (aiohttp's test server) with the real intake; every
 refused request is checked to have created nothing, and the next good request to
@@ -251,3 +252,52 @@ async def test_token_from_a_secret_and_tls(kube: Kube, core: client.CoreV1Api,
     finally:
         await hook.stop()
         core.delete_namespaced_secret(name, OPERATOR_NS)
+
+
+# --- POST /signals: the documented shape opens an incident the CRDs accept
+# (spec.source: external), once; a malformed one is a 400 naming the field.
+
+
+def finding(namespace: str, **fields: Any) -> dict[str, Any]:
+    """The README's example, about this namespace."""
+    return {"source": "kube-bench", "fingerprint": f"5.2.1/{namespace}/storefront",
+            "severity": "critical", "title": "Privileged container in storefront",
+            "alertName": "5.2.1", "labels": {"team": "payments"},
+            "target": {"kind": "Deployment", "namespace": namespace, "name": "storefront"},
+            **fields}
+
+
+async def test_a_posted_signal_opens_one_incident(
+    webhook: Client, custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    status, body = await webhook.post("/signals", finding(namespace))
+    assert status == 200, body
+    (incident,) = body["incidents"]
+    assert incident["outcome"] == "created"
+    stored = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "securityincidents",
+                                                 incident["name"])
+    assert stored["spec"]["source"] == "external"
+    assert stored["spec"]["alertName"] == "5.2.1"
+    assert stored["spec"]["labels"]["source"] == "kube-bench"
+    assert stored["spec"]["labels"]["team"] == "payments"
+
+    status, again = await webhook.post("/signals", finding(namespace))
+    assert status == 200
+    assert [i["name"] for i in again["incidents"]] == [incident["name"]]
+    assert count(custom, namespace) == 1
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"severity": "urgent"}, "severity"),
+    ({"target": {"kind": "Pod", "name": "web-1"}}, "target"),
+    ({"labels": {"team": ["payments"]}}, "labels.team"),
+    ({"tittle": "typo"}, "tittle"),
+])
+async def test_a_malformed_signal_is_a_400_naming_the_field(
+    webhook: Client, custom: client.CustomObjectsApi, namespace: str,
+    change: dict[str, Any], named: str,
+) -> None:
+    status, body = await webhook.post("/signals", finding(namespace, **change))
+    assert status == 400
+    assert body["error"].startswith("invalid ExternalSignal: ") and named in body["error"]
+    assert count(custom, namespace) == 0

@@ -53,6 +53,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "planning.py": ("tests/unit/test_planning.py",),
     "selectors.py": ("tests/unit/test_selectors.py", "tests/unit/test_matching.py"),
     "sources/alertmanager.py": _SOURCE_TESTS,
+    "sources/external.py": _SOURCE_TESTS,
     "sources/falco.py": _SOURCE_TESTS,
     "sources/prometheus.py": _SOURCE_TESTS,
     "sources/signal.py": _SOURCE_TESTS,

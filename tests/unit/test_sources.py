@@ -29,11 +29,14 @@ from firebreak.sources.signal import (
     SignalStatus,
     fingerprint_of,
     incident_name,
+    json_size,
     labels_fingerprint,
 )
 from firebreak.sources.trivy import (
     TrivyThresholds,
     VulnerabilityReport,
+    signal_from_config_audit_report,
+    signal_from_exposed_secret_report,
     signal_from_vulnerability_report,
 )
 
@@ -42,6 +45,8 @@ PAYLOADS = Path(__file__).resolve().parent.parent / "fixtures" / "payloads"
 NGINX_REPORT = "trivy_VulnerabilityReport_replicaset-nginx-6d4cf56db6-nginx_CRITICAL_docs.yaml"
 COREDNS_REPORT = "trivy_VulnerabilityReport_replicaset-coredns-558bd4d5db_kube-system_envtest.yaml"
 HASHED_REPORT = "trivy_VulnerabilityReport_ADAPTED_name-hash_replicaset-long-name.yaml"
+SECRET_REPORT = "trivy_ExposedSecretReport_replicaset-app-67b77f5965-app_docs.yaml"
+AUDIT_REPORT = "trivy_ConfigAuditReport_replicaset-nginx-6d4cf56db6_docs.yaml"
 FALCO_DOCS = "falco_TerminalShellInContainer_default-kubecon_2023.json"
 FALCO_ALPINE = "falco_TerminalShellInContainer_default-alpine_2021.json"
 ETCD_FIRING = "am_v4_firing_etcdDatabaseHighFragmentationRatio_kube-system.json"
@@ -965,9 +970,14 @@ RS = Target(kind=TargetKind.replica_set, namespace="default", name="nginx-6d4cf5
 @pytest.mark.parametrize(("labels", "fields", "target", "subject"), [
     pytest.param({}, {}, RS, "replicaset nginx-6d4cf56db6", id="labels"),
     pytest.param({NAMESPACE: None}, {}, RS, "replicaset nginx-6d4cf56db6", id="namespace-of-the-report"),
-    pytest.param({NAMESPACE: "shop"}, {}, Target(kind=TargetKind.replica_set, namespace="shop",
-                                                 name="nginx-6d4cf56db6"),
-                 "replicaset nginx-6d4cf56db6", id="namespace-label-first"),
+    pytest.param({NAMESPACE: "default"}, {}, RS, "replicaset nginx-6d4cf56db6",
+                 id="namespace-label-agrees"),
+    # A namespaced report speaks only for its own namespace (see the hostile variants).
+    pytest.param({NAMESPACE: "shop"}, {}, None, "replicaset nginx-6d4cf56db6",
+                 id="namespace-label-of-another-namespace"),
+    pytest.param({NAMESPACE: "shop"}, {"namespace": None},
+                 Target(kind=TargetKind.replica_set, namespace="shop", name="nginx-6d4cf56db6"),
+                 "replicaset nginx-6d4cf56db6", id="namespace-label-of-a-report-without-one"),
     pytest.param({NAMESPACE: None}, {"namespace": None}, None, "replicaset nginx-6d4cf56db6",
                  id="no-namespace-no-target"),
     pytest.param({KIND: "Node", NAME: "worker-1", NAMESPACE: None}, {"namespace": None},
@@ -1092,3 +1102,602 @@ def test_two_queries_with_the_same_labels_are_two_incidents() -> None:
 def test_malformed_query_results_are_refused(result: list[Any]) -> None:
     with pytest.raises(ValidationError):
         signals_from_alerts_query(result)
+
+
+# --- ExposedSecretReport ---------------------------------------------------------------
+
+# What a report's ``match`` could hold when Trivy's masking misses a format; it must
+# never reach a signal.
+LEAKED = "sk_live_51HhQ2pLeakedValueThatMustNeverBeStored"
+
+
+def secrets(body: dict[str, Any], **thresholds: Any) -> Signal | None:
+    return signal_from_exposed_secret_report(body, TrivyThresholds(**thresholds))
+
+
+def add_secret(body: dict[str, Any], rule: str, severity: str = "CRITICAL",
+               target: str = "/root/.aws/credentials", category: str = "AWS",
+               match: str = LEAKED) -> dict[str, Any]:
+    body = copy.deepcopy(body)
+    body["report"]["secrets"].append({"ruleID": rule, "severity": severity, "target": target,
+                                      "category": category, "title": category, "match": match})
+    return body
+
+
+def test_exposed_secret_report_of_a_replicaset() -> None:
+    signal = secrets(report(SECRET_REPORT))
+    assert signal is not None
+    assert signal.source is Source.trivy
+    assert signal.alert_name == "ExposedSecret"
+    assert signal.severity is Severity.high
+    assert signal.target == Target(kind=TargetKind.replica_set, namespace="default",
+                                   name="app-67b77f5965")
+    # Two matching lines of one rule in one file: one secret to rotate.
+    assert signal.title == "1 exposed secret (Stripe) in app (replicaset app-67b77f5965)"
+    assert signal.labels == {
+        "trivy_resource_kind": "ReplicaSet",
+        "trivy_resource_name": "app-67b77f5965",
+        "trivy_report": "ExposedSecretReport",
+        "container": "app",
+        "image": "index.docker.io/myimagewithsecret:v0.18.0-rc",
+        "secrets": "1",
+        "top_rule": "stripe-access-token",
+        "secret_category": "Stripe",
+        "rule/stripe-access-token": "HIGH",
+    }
+    assert signal.description is not None
+    assert "stripe-access-token (HIGH, Stripe) in /app/config/secret.yaml" in signal.description
+    assert signal.description.split("\n")[-1] == (
+        "Rotate the credential: removing it from the image does not revoke it.")
+    assert signal.time == dt.datetime(2022, 6, 29, 14, 29, 37, tzinfo=dt.UTC)
+    assert signal.fingerprint == fingerprint_of(
+        "ExposedSecretReport", "ReplicaSet", "default", "app-67b77f5965", "app",
+        "stripe-access-token@/app/config/secret.yaml")
+
+
+def test_a_secrets_value_never_enters_the_signal() -> None:
+    body = add_secret(report(SECRET_REPORT), "aws-secret-access-key")
+    body["report"]["secrets"][0]["match"] = f"secret_key: {LEAKED}"
+    signal = secrets(body)
+    assert signal is not None and signal.labels["top_rule"] == "aws-secret-access-key"
+    dumped = signal.model_dump_json()
+    assert LEAKED not in dumped
+    assert "publishable_key" not in dumped and "*****" not in dumped
+
+
+@pytest.mark.parametrize(("thresholds", "severity", "expected"), [
+    ({}, "MEDIUM", None),
+    ({}, "HIGH", Severity.high),
+    ({"secret_min_severity": "CRITICAL"}, "HIGH", None),
+    ({"secret_min_severity": "LOW"}, "LOW", Severity.low),
+])
+def test_secret_thresholds(thresholds: dict[str, Any], severity: str,
+                           expected: Severity | None) -> None:
+    body = report(SECRET_REPORT)
+    for found in body["report"]["secrets"]:
+        found["severity"] = severity
+    signal = secrets(body, **thresholds)
+    assert (signal.severity if signal else None) is expected
+
+
+def test_secret_thresholds_are_not_the_vulnerability_ones() -> None:
+    # The vulnerability floor (CRITICAL) does not hide a HIGH secret.
+    assert secrets(report(SECRET_REPORT), min_severity="CRITICAL") is not None
+
+
+def test_a_report_with_no_secrets_raises_nothing() -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = None
+    assert secrets(body) is None
+
+
+def test_a_recreated_secret_report_keeps_its_fingerprint() -> None:
+    before = secrets(report(SECRET_REPORT))
+    again = report(SECRET_REPORT)
+    again["metadata"].update(uid="0d7c2a8e-5b1f-4f57-9a0e-2d7c4e9b1a11",
+                             creationTimestamp="2022-06-30T14:25:54Z", resourceVersion="9")
+    again["report"]["updateTimestamp"] = "2022-06-30T14:29:37Z"
+    again["report"]["secrets"].reverse()
+    after = secrets(again)
+    assert before is not None and after is not None
+    assert after.fingerprint == before.fingerprint
+    assert incident_name(after) == incident_name(before)
+
+
+def test_a_new_secret_is_a_new_fingerprint_and_the_worst_is_on_top() -> None:
+    before = secrets(report(SECRET_REPORT))
+    after = secrets(add_secret(report(SECRET_REPORT), "aws-access-key-id"))
+    assert before is not None and after is not None
+    assert after.fingerprint != before.fingerprint
+    assert after.severity is Severity.critical
+    assert after.labels["secrets"] == "2"
+    assert after.title == "2 exposed secrets (AWS) in app (replicaset app-67b77f5965)"
+
+
+def test_the_same_rule_in_another_file_is_another_secret() -> None:
+    body = add_secret(report(SECRET_REPORT), "stripe-access-token", severity="HIGH",
+                      target="/app/.env", category="Stripe")
+    signal = secrets(body)
+    assert signal is not None and signal.labels["secrets"] == "2"
+
+
+def test_secret_and_vulnerability_fingerprints_differ_for_one_workload() -> None:
+    vulnerable = trivy(report())
+    body = report(SECRET_REPORT)
+    body["metadata"]["labels"].update({"trivy-operator.resource.name": "nginx-6d4cf56db6",
+                                       "trivy-operator.container.name": "nginx"})
+    exposed = secrets(body)
+    assert vulnerable is not None and exposed is not None
+    assert incident_name(vulnerable) != incident_name(exposed)
+
+
+@pytest.mark.parametrize("hostile", [
+    {"ruleID": "", "severity": "HIGH"},
+    {"ruleID": "x", "severity": "SEVERE"},
+    {"severity": "HIGH", "match": "AKIA-LEAK"},  # short: pydantic would quote it whole
+    {"ruleID": "x", "severity": "SEVERE", "match": "AKIA-LEAK"},
+])
+def test_a_malformed_secret_is_refused_without_echoing_its_value(
+        hostile: dict[str, Any]) -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"].append(hostile)
+    with pytest.raises(ValidationError) as refused:
+        secrets(body)
+    assert "AKIA-LEAK" not in str(refused.value)
+
+
+def test_a_hostile_secret_report_is_bounded() -> None:
+    body = add_secret(report(SECRET_REPORT), "x" * 5000, target="/" + "a" * 20000,
+                      category="\ud800" * 10)
+    signal = secrets(body)
+    assert signal is not None
+    assert len(signal.description or "") <= 8192
+    assert "\ud800" not in signal.model_dump_json()
+
+
+# --- ConfigAuditReport -----------------------------------------------------------------
+
+
+def audit(body: dict[str, Any], **thresholds: Any) -> Signal | None:
+    return signal_from_config_audit_report(body, TrivyThresholds(**thresholds))
+
+
+def test_config_audit_report_of_a_replicaset() -> None:
+    signal = audit(report(AUDIT_REPORT))
+    assert signal is not None
+    assert signal.alert_name == "MisconfiguredWorkload"
+    assert signal.severity is Severity.critical
+    assert signal.target == Target(kind=TargetKind.replica_set, namespace="default",
+                                   name="nginx-6d4cf56db6")
+    # hostPIDSet and hostIPCSet are CRITICAL but passed; only one CRITICAL check failed.
+    assert signal.title == ("1 failed CRITICAL configuration check (privilegeEscalationAllowed) "
+                            "in replicaset nginx-6d4cf56db6")
+    assert signal.labels == {
+        "trivy_resource_kind": "ReplicaSet",
+        "trivy_resource_name": "nginx-6d4cf56db6",
+        "trivy_report": "ConfigAuditReport",
+        "failed_checks": "1",
+        "top_check": "privilegeEscalationAllowed",
+        "check/privilegeEscalationAllowed": "CRITICAL",
+    }
+    assert signal.description == ("privilegeEscalationAllowed (CRITICAL) in container nginx: "
+                                  "Privilege escalation should not be allowed")
+    assert signal.fingerprint == fingerprint_of(
+        "ConfigAuditReport", "ReplicaSet", "default", "nginx-6d4cf56db6",
+        "privilegeEscalationAllowed@nginx")
+
+
+@pytest.mark.parametrize(("thresholds", "count"), [
+    ({}, 1),
+    ({"config_min_severity": "LOW"}, 2),  # notReadOnlyRootFilesystem (LOW) failed too
+    ({"min_severity": "LOW"}, 1),  # the vulnerability floor is not the config floor
+])
+def test_config_thresholds(thresholds: dict[str, Any], count: int) -> None:
+    signal = audit(report(AUDIT_REPORT), **thresholds)
+    assert signal is not None and signal.labels["failed_checks"] == str(count)
+
+
+def test_passing_checks_raise_nothing() -> None:
+    body = report(AUDIT_REPORT)
+    for check in body["report"]["checks"]:
+        check["success"] = True
+    assert audit(body, config_min_severity="UNKNOWN") is None
+
+
+def test_a_recreated_audit_report_keeps_its_fingerprint_and_a_new_failure_changes_it() -> None:
+    before = audit(report(AUDIT_REPORT))
+    again = report(AUDIT_REPORT)
+    again["metadata"]["uid"] = "0d7c2a8e-5b1f-4f57-9a0e-2d7c4e9b1a11"
+    again["report"]["updateTimestamp"] = "2021-05-21T12:38:10Z"
+    again["report"]["checks"].reverse()
+    after = audit(again)
+    worse = report(AUDIT_REPORT)
+    worse["report"]["checks"][0]["success"] = False  # hostPIDSet, CRITICAL
+    assert before is not None and after is not None
+    assert after.fingerprint == before.fingerprint
+    changed = audit(worse)
+    assert changed is not None and changed.fingerprint != before.fingerprint
+    assert changed.labels["failed_checks"] == "2"
+
+
+def test_one_check_failing_in_two_containers_counts_twice() -> None:
+    body = report(AUDIT_REPORT)
+    failing = copy.deepcopy(body["report"]["checks"][-1])
+    failing["scope"]["value"] = "sidecar"
+    body["report"]["checks"].append(failing)
+    signal = audit(body)
+    assert signal is not None and signal.labels["failed_checks"] == "2"
+    assert signal.description is not None and "in container sidecar" in signal.description
+
+
+@pytest.mark.parametrize("hostile", [
+    {"checkID": "x", "severity": "CRITICAL"},  # no success: unknown is not a pass
+    {"checkID": "x", "severity": "CRITICAL", "success": "maybe"},
+    {"severity": "CRITICAL", "success": False},
+])
+def test_a_malformed_check_is_refused(hostile: dict[str, Any]) -> None:
+    body = report(AUDIT_REPORT)
+    body["report"]["checks"].append(hostile)
+    with pytest.raises(ValidationError):
+        audit(body)
+
+
+def test_each_reader_refuses_the_other_kinds() -> None:
+    with pytest.raises(ValidationError):
+        audit(report(SECRET_REPORT))
+    with pytest.raises(ValidationError):
+        secrets(report(AUDIT_REPORT))
+    with pytest.raises(ValidationError):
+        trivy(report(AUDIT_REPORT))
+
+
+# --- What a playbook can tell apart: a label per rule and per check ---------------------
+
+
+def test_each_rule_found_is_a_label_holding_its_worst_severity() -> None:
+    body = add_secret(report(SECRET_REPORT), "aws-access-key-id", severity="HIGH", target="/a")
+    body = add_secret(body, "aws-access-key-id", severity="CRITICAL", target="/b")
+    signal = secrets(body)
+    assert signal is not None
+    assert {k: v for k, v in signal.labels.items() if k.startswith("rule/")} == {
+        "rule/aws-access-key-id": "CRITICAL", "rule/stripe-access-token": "HIGH"}
+    assert signal.labels["secrets"] == "3"  # one rule in two files is two secrets
+
+
+def test_each_failed_check_is_a_label_and_a_passed_one_is_not() -> None:
+    body = report(AUDIT_REPORT)
+    signal = audit(body, config_min_severity="LOW")
+    assert signal is not None
+    assert {k: v for k, v in signal.labels.items() if k.startswith("check/")} == {
+        "check/privilegeEscalationAllowed": "CRITICAL", "check/notReadOnlyRootFilesystem": "LOW"}
+
+
+def many_rules(count: int) -> dict[str, Any]:
+    """The secret sample with ``count`` HIGH rules, then one CRITICAL rule last by name."""
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = []
+    for i in range(count):
+        body = add_secret(body, f"rule-{i:02d}", severity="HIGH")
+    return add_secret(body, "zz-worst", severity="CRITICAL")
+
+
+@pytest.mark.parametrize(("count", "labelled"), [(28, 29), (29, 30), (30, 30), (45, 30)])
+def test_at_most_thirty_rules_are_labels_the_worst_first(count: int, labelled: int) -> None:
+    signal = secrets(many_rules(count))
+    assert signal is not None
+    rules = [key for key in signal.labels if key.startswith("rule/")]
+    assert len(rules) == labelled
+    assert "rule/zz-worst" in rules and "rule/rule-00" in rules
+    assert signal.labels["secrets"] == str(count + 1)
+    assert signal.labels["top_rule"] == "zz-worst"
+    assert signal.labels["trivy_report"] == "ExposedSecretReport"  # never crowded out
+
+
+def test_many_failed_checks_are_counted_described_twenty_and_labelled_thirty() -> None:
+    body = report(AUDIT_REPORT)
+    body["report"]["checks"] = [
+        {"checkID": f"KSV{i:03d}", "severity": "CRITICAL", "success": False,
+         "title": f"check {i}", "messages": None, "category": None, "scope": None}
+        for i in range(45)]
+    signal = audit(body)
+    assert signal is not None and signal.description is not None
+    lines = signal.description.split("\n")
+    assert lines[0] == "KSV000 (CRITICAL): check 0"
+    assert lines[20:] == ["... and 25 more"]
+    assert signal.labels["failed_checks"] == "45"
+    assert len([key for key in signal.labels if key.startswith("check/")]) == 30
+    assert signal.title == "45 failed CRITICAL configuration checks (KSV000) in replicaset nginx-6d4cf56db6"
+
+
+@pytest.mark.parametrize(("check", "line"), [
+    ({"messages": ["runs privileged", "mounts /"], "title": "T"},
+     "KSV017 (CRITICAL) in container app: runs privileged; mounts /"),
+    ({"messages": [], "title": "Privileged container"},
+     "KSV017 (CRITICAL) in container app: Privileged container"),
+    ({"messages": None, "title": None}, "KSV017 (CRITICAL) in container app"),
+    ({"scope": None, "title": ""}, "KSV017 (CRITICAL)"),
+    ({"scope": {"type": "Container", "value": ""}}, "KSV017 (CRITICAL)"),
+])
+def test_a_failed_check_is_described_by_its_messages_else_its_title(
+        check: dict[str, Any], line: str) -> None:
+    body = report(AUDIT_REPORT)
+    body["report"]["checks"] = [{"checkID": "KSV017", "severity": "CRITICAL", "success": False,
+                                 "scope": {"type": "Container", "value": "app"}, **check}]
+    signal = audit(body)
+    assert signal is not None
+    assert signal.description == line
+
+
+@pytest.mark.parametrize(("secret", "line", "named"), [
+    ({"category": "AWS", "target": "/app/.env"}, "r1 (CRITICAL, AWS) in /app/.env", "AWS"),
+    ({"category": None, "target": None}, "r1 (CRITICAL, uncategorised) in the image", "r1"),
+    ({"category": "", "title": None}, "r1 (CRITICAL, uncategorised) in /f", "r1"),
+])
+def test_a_secret_is_described_by_rule_category_and_file(
+        secret: dict[str, Any], line: str, named: str) -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = [{"ruleID": "r1", "severity": "CRITICAL", "target": "/f",
+                                  "match": LEAKED, **secret}]
+    signal = secrets(body)
+    assert signal is not None and signal.description is not None
+    assert signal.description.split("\n")[1] == line
+    assert signal.title == f"1 exposed secret ({named}) in app (replicaset app-67b77f5965)"
+    assert LEAKED not in signal.model_dump_json()
+
+
+# --- Hostile reports -------------------------------------------------------------------
+
+READERS = [
+    pytest.param(trivy, NGINX_REPORT, id="VulnerabilityReport"),
+    pytest.param(secrets, SECRET_REPORT, id="ExposedSecretReport"),
+    pytest.param(audit, AUDIT_REPORT, id="ConfigAuditReport"),
+]
+
+
+@pytest.mark.parametrize(("read", "fixture"), READERS)
+@pytest.mark.parametrize(("labels", "named"), [
+    pytest.param({NAMESPACE: "payments"}, "ReplicaSet payments/{name}", id="another-namespace"),
+    pytest.param({KIND: "Node", NAME: "worker-1"}, "Node worker-1", id="a-node"),
+])
+def test_a_report_cannot_steer_containment_out_of_its_namespace(
+        read: Any, fixture: str, labels: dict[str, str], named: str) -> None:
+    body = report(fixture)
+    name = body["metadata"]["labels"][NAME]
+    body = meta(body, labels)
+    signal = read(body)
+    assert signal is not None
+    assert signal.target is None
+    assert signal.target_problem == (
+        f"the report default/{body['metadata']['name']} names {named.format(name=name)}: "
+        f"a namespaced report speaks only for objects in its own namespace")
+    assert signal.labels["trivy_resource_kind"] == body["metadata"]["labels"][KIND]
+
+
+@pytest.mark.parametrize(("read", "fixture"), READERS)
+def test_a_report_about_an_object_firebreak_cannot_act_on_is_recorded_without_a_target(
+        read: Any, fixture: str) -> None:
+    body = meta(report(fixture), {KIND: "Role", NAME: "reader"})
+    signal = read(body)
+    assert signal is not None
+    assert signal.target is None and signal.target_problem is None
+    assert signal.labels["trivy_resource_kind"] == "Role"
+    assert "role reader" in signal.title
+
+
+# Short: pydantic shortens the long input it quotes, which would hide a leak.
+SHORT_LEAK = "AKIA-LEAK"
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda b: b["report"].__setitem__("secrets", {"match": SHORT_LEAK}),
+                 id="secrets-an-object"),
+    pytest.param(lambda b: b["report"].__setitem__("secrets", SHORT_LEAK), id="secrets-a-string"),
+    pytest.param(lambda b: b["report"]["secrets"].append(SHORT_LEAK), id="a-finding-a-string"),
+    pytest.param(lambda b: b["report"]["secrets"][0].__setitem__("target", [SHORT_LEAK]),
+                 id="a-file-a-list"),
+    pytest.param(lambda b: b["report"]["secrets"][0].__setitem__("ruleID", {"match": SHORT_LEAK}),
+                 id="a-rule-an-object"),
+    pytest.param(lambda b: b.__setitem__("report", f"match: {SHORT_LEAK}"), id="report-a-string"),
+])
+def test_a_malformed_secret_report_is_refused_without_quoting_its_input(change: Any) -> None:
+    body = report(SECRET_REPORT)
+    change(body)
+    with pytest.raises(ValidationError) as refused:
+        secrets(body)
+    message = str(refused.value)
+    assert "report" in message  # where the problem is, still said
+    assert SHORT_LEAK not in message and "*****" not in message
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda b: b["report"].__setitem__("checks", {"KSV017": False}),
+                 id="checks-an-object"),
+    pytest.param(lambda b: b["report"]["checks"].append("KSV017"), id="a-check-a-string"),
+    pytest.param(lambda b: b["report"]["checks"][0].__setitem__("messages", "privileged"),
+                 id="messages-a-string"),
+    pytest.param(lambda b: b["report"]["checks"][0].__setitem__("severity", "critical"),
+                 id="severity-lower-case"),
+    pytest.param(lambda b: b["report"]["checks"][0].__setitem__("scope", "nginx"),
+                 id="scope-a-string"),
+])
+def test_a_malformed_config_audit_report_is_refused(change: Any) -> None:
+    body = report(AUDIT_REPORT)
+    change(body)
+    with pytest.raises(ValidationError):
+        audit(body)
+
+
+def test_a_hostile_config_audit_report_is_bounded() -> None:
+    body = report(AUDIT_REPORT)
+    failing = body["report"]["checks"][-1]
+    assert failing["checkID"] == "privilegeEscalationAllowed" and failing["success"] is False
+    failing.update(checkID="K" * 5000, messages=["\ud800" + "m" * 20000] * 3,
+                   scope={"type": "Container", "value": "c\ud800" * 1000})
+    signal = audit(body)
+    assert signal is not None
+    dumped = signal.model_dump_json()
+    assert "\ud800" not in dumped
+    assert json_size(signal.title) <= 1024 and json_size(signal.description or "") <= 8192
+    assert all(json_size(key) <= 256 and json_size(value) <= 1024
+               for key, value in signal.labels.items())
+
+
+# --- Edges of the secret and check readers ---------------------------------------------
+
+
+def test_a_one_character_rule_or_check_is_an_id() -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = [{"ruleID": "r", "severity": "HIGH"}]
+    found = secrets(body)
+    assert found is not None and found.labels["top_rule"] == "r"
+    body = report(AUDIT_REPORT)
+    body["report"]["checks"] = [{"checkID": "K", "severity": "CRITICAL", "success": False}]
+    failed = audit(body)
+    assert failed is not None and failed.labels["top_check"] == "K"
+    assert failed.description == "K (CRITICAL)"
+
+
+def test_a_secret_with_only_a_rule_and_a_severity() -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = [{"ruleID": "r1", "severity": "HIGH"}]
+    signal = secrets(body)
+    assert signal is not None and signal.description is not None
+    assert signal.description.split("\n")[1] == "r1 (HIGH, uncategorised) in the image"
+    assert "secret_category" not in signal.labels
+
+
+def test_a_scope_without_a_value_is_no_container() -> None:
+    body = report(AUDIT_REPORT)
+    body["report"]["checks"] = [{"checkID": "KSV017", "severity": "CRITICAL", "success": False,
+                                 "scope": {"type": "Container"}}]
+    signal = audit(body)
+    assert signal is not None and signal.description == "KSV017 (CRITICAL)"
+    assert signal.fingerprint == fingerprint_of(
+        "ConfigAuditReport", "ReplicaSet", "default", "nginx-6d4cf56db6", "KSV017")
+
+
+@pytest.mark.parametrize(("read", "fixture"), READERS)
+def test_a_report_naming_no_kind_is_about_a_workload(read: Any, fixture: str) -> None:
+    body = meta(report(fixture), {KIND: None}, ownerReferences=[])
+    signal = read(body)
+    assert signal is not None and signal.target is None
+    assert f"workload {body['metadata']['labels'][NAME]}" in signal.title
+
+
+@pytest.mark.parametrize("order", ["as-listed", "reversed"])
+def test_one_rule_in_one_file_is_its_worst_finding_whatever_the_order(order: str) -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = [
+        {"ruleID": "r1", "severity": "HIGH", "target": "/f", "category": "AWS"},
+        {"ruleID": "r1", "severity": "CRITICAL", "target": "/f", "category": "GCP"},
+        {"ruleID": "r1", "severity": "CRITICAL", "target": "/f", "category": "Azure"},
+    ]
+    if order == "reversed":
+        body["report"]["secrets"].reverse()
+    signal = secrets(body)
+    assert signal is not None
+    assert signal.severity is Severity.critical
+    assert signal.labels["secrets"] == "1" and signal.labels["rule/r1"] == "CRITICAL"
+    assert signal.labels["secret_category"] == "GCP"  # among equals, by category
+
+
+@pytest.mark.parametrize(("count", "more"), [(1, None), (20, None), (21, "... and 1 more"),
+                                             (25, "... and 5 more")])
+def test_the_description_lists_twenty_secrets(count: int, more: str | None) -> None:
+    body = report(SECRET_REPORT)
+    body["report"]["secrets"] = [{"ruleID": f"r{i:02d}", "severity": "HIGH", "target": "/f"}
+                                 for i in range(count)]
+    signal = secrets(body)
+    assert signal is not None and signal.description is not None
+    lines = signal.description.split("\n")
+    assert lines[0] == "Image: index.docker.io/myimagewithsecret:v0.18.0-rc"
+    assert lines[1] == "r00 (HIGH, uncategorised) in /f"
+    assert lines[1 + min(count, 20):-1] == ([more] if more else [])
+
+
+@pytest.mark.parametrize(("count", "more"), [(20, None), (21, "... and 1 more")])
+def test_the_description_lists_twenty_failed_checks(count: int, more: str | None) -> None:
+    body = report(AUDIT_REPORT)
+    body["report"]["checks"] = [{"checkID": f"KSV{i:03d}", "severity": "CRITICAL",
+                                 "success": False} for i in range(count)]
+    signal = audit(body)
+    assert signal is not None and signal.description is not None
+    assert signal.description.split("\n")[20:] == ([more] if more else [])
+
+
+def test_the_worst_failed_check_is_on_top() -> None:
+    signal = audit(report(AUDIT_REPORT), config_min_severity="LOW")
+    assert signal is not None
+    assert signal.labels["top_check"] == "privilegeEscalationAllowed"
+    assert signal.severity is Severity.critical
+    assert signal.description is not None
+    assert signal.description.split("\n")[0].startswith("privilegeEscalationAllowed (CRITICAL)")
+
+
+# === POST /signals =====================================================================
+
+
+def test_a_posted_signal_is_external_and_keeps_its_senders_name() -> None:
+    from firebreak.sources.external import ExternalSignal, signal_from_external
+
+    posted = ExternalSignal.model_validate({
+        "source": "kube-bench", "fingerprint": "5.2.1/shop/storefront", "severity": "critical",
+        "title": "Privileged container", "alertName": "5.2.1",
+        "labels": {"source": "falco", "team": "payments"},
+        "target": {"kind": "Deployment", "namespace": "shop", "name": "storefront"}})
+    signal = signal_from_external(posted)
+    assert signal.source is Source.external
+    assert signal.fingerprint == "kube-bench/5.2.1/shop/storefront"
+    # A sender cannot pass for another through its labels.
+    assert signal.labels == {"source": "kube-bench", "team": "payments"}
+    assert signal.alert_name == "5.2.1"
+    assert incident_name(signal).startswith("external-5-2-1-")
+
+
+def test_the_served_schema_is_the_models() -> None:
+    from firebreak.sources.external import ExternalSignal, signal_schema
+
+    schema = signal_schema()
+    assert set(schema["properties"]) == {
+        field.alias for field in ExternalSignal.model_fields.values()}
+    assert schema["properties"]["source"]["pattern"] == r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+@pytest.mark.parametrize(("change", "accepted"), [
+    ({"source": "a", "fingerprint": "x", "title": "x"}, True),  # one character is enough
+    ({"source": "a" * 63}, True),
+    ({"source": "a" * 64}, False),
+    ({"source": ""}, False),
+    ({"fingerprint": ""}, False),
+    ({"title": ""}, False),
+])
+def test_posted_signal_bounds(change: dict[str, Any], accepted: bool) -> None:
+    from firebreak.sources.external import ExternalSignal
+
+    fields = {"source": "grype", "fingerprint": "f", "severity": "low", "title": "t", **change}
+    if accepted:
+        ExternalSignal.model_validate(fields)
+    else:
+        with pytest.raises(ValidationError):
+            ExternalSignal.model_validate(fields)
+
+
+def test_a_posted_signal_is_immutable_and_its_schema_titled_signal() -> None:
+    from firebreak.sources.external import ExternalSignal, signal_schema
+
+    posted = ExternalSignal.model_validate(
+        {"source": "grype", "fingerprint": "f", "severity": "low", "title": "t"})
+    with pytest.raises(ValidationError):
+        posted.title = "changed"  # type: ignore[misc]
+    assert signal_schema()["title"] == "Signal"
+
+
+def test_the_readmes_table_of_posted_fields_is_the_served_schema() -> None:
+    from firebreak.sources.external import signal_schema
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("| field | required | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1:3] for line in table.strip().splitlines()[1:]]
+    documented = {field.strip().strip("`"): required.strip() == "yes" for field, required in rows}
+    schema = signal_schema()
+    assert documented == {field: field in schema["required"] for field in schema["properties"]}
