@@ -69,7 +69,7 @@ class Services:
     intake: Intake
     events: EventPoster
     trivy: TrivyThresholds
-    running: asyncio.Task[None]
+    running: asyncio.Task[None] | None = None  # the controller's workers
     webhook: Webhook | None = None
     poller: asyncio.Task[None] | None = None
 
@@ -152,7 +152,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 @kopf.on.cleanup()
 async def stop_intake(memo: kopf.Memo, **_: Any) -> None:
     found = services(memo)
-    found.running.cancel()
+    if found.running is not None:
+        found.running.cancel()
     # Steps in hand finish, then the Lease is given up: another replica takes over
     # at once rather than after the Lease expires.
     await asyncio.get_running_loop().run_in_executor(None, found.controller.stop)

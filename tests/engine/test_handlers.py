@@ -88,7 +88,9 @@ async def memo(api: Recorder, clock: Clock, switch: Switch) -> AsyncIterator[kop
         trivy=TrivyThresholds(min_severity="CRITICAL", require_fix=True, min_count=1),
         running=asyncio.create_task(controller.run()))
     yield found
-    found[handlers.SERVICES].running.cancel()
+    running = found[handlers.SERVICES].running
+    assert running is not None
+    running.cancel()
     controller.stop()
     events.close()
 

@@ -25,6 +25,7 @@ from firebreak import handlers
 from firebreak.actions import registry
 from firebreak.api import ResponsePlaybookSpec
 from firebreak.config import OperatorConfig
+from firebreak.controller import Controller
 from firebreak.engine import Engine
 from firebreak.events import EventPoster, post_event
 from firebreak.intake import Intake
@@ -65,13 +66,13 @@ def memo(kube: Kube, cluster: LocalCluster) -> Iterator[kopf.Memo]:
     config = OperatorConfig(namespace=OPERATOR_NS)
     events = EventPoster(kube)
     found = kopf.Memo(config=config)
+    engine = Engine(kube=kube, config=config, actions=registry(), emit=events)
     found[handlers.SERVICES] = handlers.Services(
-        config=config,
-        engine=Engine(kube=kube, config=config, actions=registry(), emit=events),
-        intake=Intake(kube, config),
-        events=events,
-        trivy=TrivyThresholds(),
-        readiness=PlaybookReadiness(kube=kube, emit=partial(post_event, kube)))
+        config=config, engine=engine,
+        # The report handlers record through intake; no worker runs here.
+        controller=Controller(engine, PlaybookReadiness(kube=kube, emit=partial(post_event, kube)),
+                              elector=None),
+        intake=Intake(kube, config), events=events, trivy=TrivyThresholds())
     yield found
     events.close()
 
