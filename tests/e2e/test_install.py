@@ -319,8 +319,13 @@ def test_an_alert_through_the_service_is_contained_and_a_rollout_loses_nothing(
         except AssertionError:
             print(stack.log_tails())
             raise
-    wait_for(lambda: open_("web-a"), timeout=30, what="web-a to be answered again")
-    wait_for(lambda: not open_("web-b"), timeout=30, what="web-b to be cut off")
+    try:
+        wait_for(lambda: open_("web-a"), timeout=60, what="web-a to be answered again")
+        wait_for(lambda: not open_("web-b"), timeout=60, what="web-b to be cut off")
+    except AssertionError:  # what stood between the client and web-a
+        print(cluster.kubectl("get", "securityincidents,networkpolicies,pods", "-n", namespace,
+                              "-o", "wide", "--show-labels"))
+        raise
     for incident in (resolved, second):
         assert incident["spec"]["source"] == "alertmanager"
         status = incident["status"]
