@@ -7,7 +7,9 @@ aliases; Python code uses snake_case.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import StrEnum
+from string import Template
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -67,6 +69,7 @@ class ActionName(StrEnum):
     snapshot = "snapshot"
     label = "label"
     delete_pod = "deletePod"
+    notify = "notify"
 
 
 class TargetKind(StrEnum):
@@ -123,6 +126,49 @@ class OnFailure(StrEnum):
 
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
+class SecretRef(Model):
+    """A Secret in the operator's own namespace."""
+
+    name: str = Field(description="Name of the Secret.", pattern=DNS_SUBDOMAIN, max_length=253)
+
+
+class NotificationFormat(StrEnum):
+    json = "json"
+    slack = "slack"
+
+
+# The ${...} placeholders of notification messages and bodies; ${message} (the message,
+# rendered) only in a body. Their values: firebreak.notifications.variables.
+PLACEHOLDERS = ("incident", "namespace", "name", "severity", "title", "source", "alertName",
+                "target", "playbook", "phase", "event", "detail", "time", "message")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def template_problem(message: str | None, body: dict[str, Any] | None) -> str | None:
+    """What is wrong with a notification's templates, or None."""
+    for text, known in [*((m, PLACEHOLDERS[:-1]) for m in [message] if m is not None),
+                        *((b, PLACEHOLDERS) for b in _strings(body))]:
+        template = Template(text)
+        if not template.is_valid():
+            return f"{text!r} is not a valid template: write $$ for a dollar sign"
+        unknown = sorted(set(template.get_identifiers()) - set(known))
+        if unknown:
+            return (f"{text!r} uses unknown placeholders {', '.join(unknown)}; known: "
+                    f"{', '.join(known)}")
+    return None
 
 
 class StepParams(Model):
@@ -173,6 +219,29 @@ class StepParams(Model):
     grace_period_seconds: int | None = Field(
         default=None, ge=0,
         description="deletePod: seconds the containers get to stop (default: the pod's own).")
+    secret_ref: SecretRef | None = Field(
+        default=None,
+        description="notify (required): the Secret in the operator's namespace holding the "
+                    "receiver's url (and, optionally, a bearer token).")
+    format: Literal["json", "slack"] | None = Field(
+        default=None,
+        description="notify: json posts the body (default); slack posts a Slack incoming-"
+                    "webhook message.")
+    message: str | None = Field(
+        default=None, min_length=1, max_length=4096,
+        description="notify: the message, with ${...} placeholders (default: a one-line "
+                    "summary of the incident).")
+    body: dict[str, Any] | None = Field(
+        default=None,
+        description="notify, json format: the JSON body to post, each string in it with "
+                    "${...} placeholders (default: the incident's summary).")
+
+    @model_validator(mode="after")
+    def _templates(self) -> StepParams:
+        problem = template_problem(self.message, self.body)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 # Which parameters each action takes (by their API names). The CRD's rules, these
@@ -186,8 +255,14 @@ PARAMS_OF: dict[ActionName, frozenset[str]] = {
                                     "volumeSnapshotClassName"}),
     ActionName.label: frozenset({"labels"}),
     ActionName.delete_pod: frozenset({"scope", "gracePeriodSeconds"}),
+    ActionName.notify: frozenset({"secretRef", "format", "message", "body"}),
 }
-REQUIRED_PARAMS: dict[ActionName, frozenset[str]] = {ActionName.label: frozenset({"labels"})}
+# What a failed step does when the playbook does not say (PlaybookStep.on_failure).
+DEFAULT_ON_FAILURE: dict[ActionName, OnFailure] = {ActionName.notify: OnFailure.continue_}
+REQUIRED_PARAMS: dict[ActionName, frozenset[str]] = {
+    ActionName.label: frozenset({"labels"}),
+    ActionName.notify: frozenset({"secretRef"}),
+}
 
 
 class PlaybookStep(Model):
@@ -199,9 +274,11 @@ class PlaybookStep(Model):
     params: StepParams | None = Field(
         default=None, description="Parameters of the action; each names the actions it "
                                   "applies to.")
-    on_failure: OnFailure = Field(
-        default=OnFailure.abort,
-        description="abort stops the playbook at a failed step; continue goes on to the next.")
+    on_failure: OnFailure | None = Field(
+        default=None,
+        description="abort stops the playbook at a failed step; continue goes on to the next. "
+                    "Default: abort, but continue for notify (an undelivered notification "
+                    "never holds back containment unless the playbook says so).")
 
     @model_validator(mode="after")
     def _params_fit_the_action(self) -> PlaybookStep:
@@ -259,6 +336,46 @@ class PlaybookBudget(Model):
                     "(phase Throttled) until a slot frees.")
 
 
+class NotificationEvent(StrEnum):
+    """The transitions of an incident a playbook can ask to be told about."""
+
+    awaiting_approval = "AwaitingApproval"
+    contained = "Contained"
+    isolation_defeated = "IsolationDefeated"
+    failed = "Failed"
+    resolved = "Resolved"
+
+
+class PlaybookNotification(Model):
+    """A receiver told about the incidents' transitions."""
+
+    name: str = Field(description="Unique name of the notification within the playbook.",
+                      min_length=1, max_length=63)
+    events: list[NotificationEvent] = Field(
+        description="The transitions announced.", min_length=1)
+    secret_ref: SecretRef = Field(
+        description="The Secret in the operator's namespace holding the receiver's url (and, "
+                    "optionally, a bearer token).")
+    format: NotificationFormat = Field(
+        default=NotificationFormat.json,
+        description="json posts the body; slack posts a Slack incoming-webhook message.")
+    message: str | None = Field(
+        default=None, min_length=1, max_length=4096,
+        description="The message, with ${...} placeholders (default: a one-line summary of "
+                    "the transition).")
+    body: dict[str, Any] | None = Field(
+        default=None,
+        description="json format: the JSON body to post, each string in it with ${...} "
+                    "placeholders (default: the incident's summary).")
+
+    @model_validator(mode="after")
+    def _templates(self) -> PlaybookNotification:
+        problem = template_problem(self.message, self.body)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
 class ResponsePlaybookSpec(Model):
     """How to answer the incidents a playbook matches."""
 
@@ -279,6 +396,18 @@ class ResponsePlaybookSpec(Model):
         description="A limit against floods, besides the operator's cluster-wide one.")
     steps: list[PlaybookStep] = Field(
         description="The steps, run in order.", min_length=1, max_length=32)
+    notifications: list[PlaybookNotification] | None = Field(
+        default=None, max_length=8,
+        description="Receivers told when an incident awaits approval, is contained, has its "
+                    "isolation defeated, fails or is resolved.")
+
+    @model_validator(mode="after")
+    def _notification_names_are_unique(self) -> ResponsePlaybookSpec:
+        # The same rule as the CRD's: deliveries are recorded by notification name.
+        names = [n.name for n in self.notifications or ()]
+        if len(names) != len(set(names)):
+            raise ValueError("notification names must be unique within a playbook")
+        return self
 
 
 class ResponsePlaybookStatus(Model):
@@ -413,6 +542,23 @@ class ObjectReference(Model):
     name: str = Field(description="Name of the object.")
 
 
+class EvidenceItem(Model):
+    """One item of evidence and its digest."""
+
+    key: str = Field(description="The key of the item in its object.")
+    sha256: str = Field(description="SHA-256 of the item's bytes, in hex.",
+                        pattern=r"^[0-9a-f]{64}$")
+
+
+class EvidenceStored(Model):
+    """An evidence object a step wrote, and the digest of every item in it."""
+
+    kind: str = Field(description="Secret or ConfigMap.")
+    namespace: str = Field(description="Namespace of the object (the operator's).")
+    name: str = Field(description="Name of the object.")
+    items: list[EvidenceItem] = Field(description="Every item of the object, with its digest.")
+
+
 class ActionStatus(Model):
     """The state of one playbook step on this incident."""
 
@@ -434,6 +580,9 @@ class ActionStatus(Model):
     revert: dict[str, Any] | None = Field(
         default=None, description="What the step recorded to undo itself; absent when it "
                                   "cannot be undone.")
+    evidence: list[EvidenceStored] | None = Field(
+        default=None, description="The evidence objects the step wrote, with the SHA-256 of "
+                                  "every item: what `firebreak evidence verify` checks.")
 
 
 class TimelineEntry(Model):
@@ -442,6 +591,23 @@ class TimelineEntry(Model):
     time: AwareDatetime = Field(description="When it happened.")
     reason: str = Field(description="CamelCase reason, as on the matching Kubernetes Event.")
     message: str = Field(description="What happened.")
+
+
+class DeliveryState(StrEnum):
+    sent = "Sent"
+    failed = "Failed"
+
+
+class Delivery(Model):
+    """A transition announced to one of the playbook's notifications."""
+
+    notification: str = Field(description="Name of the playbook's notification.")
+    event: NotificationEvent = Field(description="The transition announced.")
+    since: AwareDatetime = Field(description="When the transition happened.")
+    state: DeliveryState = Field(description="Sent, or Failed after every attempt.")
+    time: AwareDatetime = Field(description="When the last attempt ended.")
+    attempts: int = Field(description="How many attempts were made.", ge=1)
+    message: str = Field(default="", description="The receiver's answer, or why it failed.")
 
 
 class SecurityIncidentStatus(Model):
@@ -471,6 +637,12 @@ class SecurityIncidentStatus(Model):
                     "already counted is not counted again.")
     time_to_contain_seconds: float | None = Field(
         default=None, description="Seconds from the first signal until every step was applied.")
+    notifications: list[PlaybookNotification] | None = Field(
+        default=None, description="The playbook's notifications when it was chosen, fixed "
+                                  "for this response.")
+    deliveries: list[Delivery] | None = Field(
+        default=None, description="Transitions announced to the notifications, oldest first "
+                                  "(the latest 50).")
 
 
 ResponsePlaybookStatus.model_rebuild()

@@ -35,7 +35,9 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from . import conditions as c
+from . import metrics, notifications
 from .actions.base import Action, ActionContext, ActionRefused, IncidentRef, RecordUnreadable, Verdict
+from .actions.notify import deliver
 from .api import (
     FINALIZER,
     GROUP,
@@ -48,6 +50,8 @@ from .api import (
     ApprovalPolicy,
     ApprovalTimeoutAction,
     ConditionStatus,
+    Delivery,
+    DeliveryState,
     ObjectRef,
     OnFailure,
     PlaybookMode,
@@ -233,6 +237,8 @@ class Run:
         self.mode = self.status.mode
         self.approval = self.status.approval
         self.time_to_contain = self.status.time_to_contain_seconds
+        self.notifications = list(self.status.notifications or [])
+        self.deliveries = list(self.status.deliveries or [])
         self._persisted = self._status_patch()
 
     # --- recording ------------------------------------------------------------
@@ -266,6 +272,8 @@ class Run:
             actions=self.steps or None,
             timeline=self.timeline or None,
             time_to_contain_seconds=self.time_to_contain,
+            notifications=self.notifications or None,
+            deliveries=self.deliveries or None,
         )
         return status.to_api()
 
@@ -273,8 +281,13 @@ class Run:
         """Write the status if it changed, on the version this run read (see the module
         docstring). Fields owned by intake (signal counts) are never written here."""
         patch = self._status_patch()
-        if patch == self._persisted:
-            return
+        if patch != self._persisted:
+            self._write(patch)
+        # Also when nothing changed: a transition on record whose post was not (a crash
+        # between the two) is announced now.
+        self._announce()
+
+    def _write(self, patch: dict[str, Any]) -> None:
         meta = self.body["metadata"]
         for _ in range(CONFLICT_RETRIES):
             try:
@@ -292,11 +305,43 @@ class Run:
                 meta["resourceVersion"] = fresh["metadata"]["resourceVersion"]
                 continue
             meta["resourceVersion"] = written["metadata"]["resourceVersion"]
-            self._persisted = patch
+            previous, self._persisted = self._persisted, patch
+            metrics.observe_status(previous, patch)
             if self.engine.written is not None:
                 self.engine.written(written)
             return
         raise Superseded("the incident keeps changing")
+
+    def _announce(self) -> None:
+        """Tell the playbook's notifications about the transitions on record now; each
+        delivery is recorded after it is made (at least once, see notifications.py)."""
+        if not self.notifications:
+            return
+        showing = notifications.occurrences(self.conditions, self.spec.resolution is not None)
+        due = notifications.due(self.notifications, showing, self.deliveries)
+        for notification, occurrence in due:
+            playbook = self.playbook
+            values = notifications.variables(
+                namespace=self.ref.namespace, name=self.ref.name, spec=self.spec,
+                phase=c.derive_phase(self.conditions, self.spec.resolution is not None),
+                playbook=f"{playbook.namespace}/{playbook.name}" if playbook else "",
+                event=occurrence.event.value, detail=occurrence.detail, time=self.now)
+            body = notifications.render(notification.format, notification.message,
+                                        notification.body, values)
+            outcome = deliver(self.engine.kube, self.engine.config.namespace,
+                              notification.secret_ref.name, body)
+            state = DeliveryState.sent if outcome.delivered else DeliveryState.failed
+            self.deliveries = notifications.record(self.deliveries, Delivery(
+                notification=notification.name, event=occurrence.event,
+                since=occurrence.since, state=state, time=self.now,
+                attempts=max(1, outcome.attempts), message=outcome.message))
+            what = f"{occurrence.event.value} to {notification.name}: {outcome.message}"
+            if outcome.delivered:
+                self.note("NotificationSent", what, event=False)
+            else:
+                self.note("NotificationFailed", what, warning=True)
+        if due:
+            self.persist()
 
     def set_step(self, index: int, **changes: Any) -> ActionStatus:
         updated = self.steps[index].model_copy(update=changes)
@@ -367,6 +412,7 @@ class Run:
         # Fixed with the plan: a playbook edited while a person decides does not change
         # how long they have, or what happens when nobody does.
         self.approval = chosen.spec.approval
+        self.notifications = list(chosen.spec.notifications or [])
         self.steps = [
             ActionStatus(step=s.name, action=s.action, state=StepState.pending,
                          params=s.params or None, on_failure=s.on_failure)
@@ -483,16 +529,19 @@ class Run:
 
     def context(self, step: ActionStatus) -> ActionContext:
         assert self.spec.target is not None  # planning refused incidents without one
+        playbook = self.playbook
         return ActionContext(
             kube=self.engine.kube, config=self.engine.config, incident=self.ref,
             target=self.spec.target, step=step.step, labels=dict(self.spec.labels or {}),
-            now=self.now)
+            now=self.now, incident_spec=self.spec,
+            playbook=f"{playbook.namespace}/{playbook.name}" if playbook else "")
 
     def _prepare(self, index: int) -> tuple[Action, Any, Any] | None:
         """Prepare step ``index`` and judge it; None when it was refused or failed."""
         step = self.steps[index]
         action = self.engine.actions[step.action]
-        refusal = check_target(self.spec.target, self.engine.config)
+        refusal = check_target(self.spec.target, self.engine.config) \
+            if action.acts_on_target else None
         if refusal is not None:
             self._finish(index, StepState.refused, refusal)
             return None
@@ -610,7 +659,8 @@ class Run:
             return
         record = result.record.to_api() if action.revertible and result.record else None
         self._finish(index, StepState.applied, result.message, revert=record,
-                     warnings=[*(step.warnings or []), *result.warnings] or None)
+                     warnings=[*(step.warnings or []), *result.warnings] or None,
+                     evidence=result.evidence or None)
         if result.verdict is not None:
             self._judge([result.verdict])
 

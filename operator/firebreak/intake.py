@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
+from . import metrics
 from .actions.workloads import controller_of, read_object
 from .api import (
     FINALIZER,
@@ -165,9 +166,10 @@ class Intake:
 
     def store(self, prepared: Prepared, deadline: Deadline | None = None) -> Recorded:
         with self._locks[zlib.crc32(prepared.base.encode()) % LOCK_STRIPES]:
-            if prepared.body is None:
-                return self._release(prepared, deadline)
-            return self._fire(prepared, deadline)
+            recorded = (self._release(prepared, deadline) if prepared.body is None
+                        else self._fire(prepared, deadline))
+        metrics.signal(prepared.signal.source.value, recorded.outcome)
+        return recorded
 
     def _options(self, deadline: Deadline | None) -> dict[str, Any]:
         return deadline.options(self.retry_for) if deadline is not None \

@@ -12,7 +12,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .api import ActionName, OnFailure, ResponsePlaybookSpec, SecurityIncidentSpec, TargetKind
+from .api import (
+    DEFAULT_ON_FAILURE,
+    ActionName,
+    OnFailure,
+    ResponsePlaybookSpec,
+    SecurityIncidentSpec,
+    TargetKind,
+)
 
 WORKLOAD_ONLY = {ActionName.scale_down, ActionName.isolate_network, ActionName.delete_pod}
 
@@ -57,5 +64,6 @@ def plan(incident: SecurityIncidentSpec, playbook: ResponsePlaybookSpec,
                 f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
             )
             raise PlanError(f"step {step.name!r} ({step.action.value}): {problems}") from exc
-        steps.append(PlannedStep(step.name, step.action, params, step.on_failure))
+        on_failure = step.on_failure or DEFAULT_ON_FAILURE.get(step.action, OnFailure.abort)
+        steps.append(PlannedStep(step.name, step.action, params, on_failure))
     return steps

@@ -64,7 +64,8 @@ def assert_restored(api: Recorder) -> None:
 
 def test_the_fixture_holds_every_record_format_of_that_release() -> None:
     kinds = {action for _, action, _ in old_records()}
-    assert kinds == {a.value for a in ActionName}
+    # notify came later, and keeps no revert record (a message cannot be taken back).
+    assert kinds == {a.value for a in ActionName} - {ActionName.notify.value}
     assert all("version" not in record for _, _, record in old_records())
 
 

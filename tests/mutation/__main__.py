@@ -50,6 +50,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "guardrails.py": ("tests/unit/test_guardrails.py",),
     "isolation.py": ("tests/unit/test_isolation.py",),
     "matching.py": ("tests/unit/test_matching.py",),
+    "notifications.py": ("tests/unit/test_notifications.py",),
     "planning.py": ("tests/unit/test_planning.py",),
     "selectors.py": ("tests/unit/test_selectors.py", "tests/unit/test_matching.py"),
     "sources/alertmanager.py": _SOURCE_TESTS,

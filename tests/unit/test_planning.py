@@ -53,6 +53,20 @@ def test_plan_keeps_order_params_and_failure_policy() -> None:
     assert planned[1].params == {"allowDNS": False}
 
 
+NOTIFY = {"secretRef": {"name": "oncall"}}
+
+
+def test_a_failed_notification_holds_nothing_back_unless_the_playbook_says_so() -> None:
+    planned = plan(spec(POD), steps(
+        {"name": "tell", "action": "notify", "params": NOTIFY},
+        {"name": "tell-or-stop", "action": "notify", "params": NOTIFY, "onFailure": "abort"},
+        {"name": "mark", "action": "label", "params": {"labels": {"a": "b"}},
+         "onFailure": "continue"},
+    ), check)
+    assert [s.on_failure for s in planned] == [OnFailure.continue_, OnFailure.abort,
+                                               OnFailure.continue_]
+
+
 @pytest.mark.parametrize(("target", "playbook_steps", "problem"), [
     (None, [{"name": "a", "action": "snapshot"}], "names no target"),
     (NODE, [{"name": "a", "action": "isolateNetwork"}], "cannot act on a Node"),

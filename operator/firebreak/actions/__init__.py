@@ -7,6 +7,7 @@ from .base import Action
 from .label import Label
 from .network import IsolateNetwork
 from .nodes import CordonNode
+from .notify import Notify
 from .pods import DeletePod
 from .scale import ScaleDown
 from .snapshot import Snapshot
@@ -14,7 +15,7 @@ from .snapshot import Snapshot
 
 def registry() -> dict[ActionName, Action]:
     actions: list[Action] = [IsolateNetwork(), CordonNode(), ScaleDown(), Snapshot(), Label(),
-                             DeletePod()]
+                             DeletePod(), Notify()]
     return {a.name: a for a in actions}
 
 

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from ..api import ActionName, ObjectReference, Target
+from ..api import ActionName, EvidenceStored, ObjectReference, SecurityIncidentSpec, Target
 from ..config import OperatorConfig
 from ..kube import Kube
 
@@ -115,6 +115,9 @@ class ActionContext:
     step: str
     labels: dict[str, str]
     now: dt.datetime
+    # What a step that speaks about the incident (notify) says: its spec and playbook.
+    incident_spec: SecurityIncidentSpec | None = None
+    playbook: str = ""
 
     def managed_labels(self) -> dict[str, str]:
         return {**MANAGED_BY, INCIDENT_LABEL: self.incident.key,
@@ -149,6 +152,8 @@ class Applied:
     record: Record | None
     warnings: list[str] = field(default_factory=list)
     verdict: Verdict | None = None
+    # Evidence written, with the SHA-256 of every item (snapshot), kept in status.
+    evidence: list[EvidenceStored] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,9 @@ class Action(ABC):
     revertible: ClassVar[bool] = True
     # Whether ``hold`` does anything: what others may undo is put back while it applies.
     held: ClassVar[bool] = False
+    # False for steps that change nothing about the target (notify): the guardrails on
+    # targets do not apply to them.
+    acts_on_target: ClassVar[bool] = True
 
     def parse(self, params: dict[str, Any] | None) -> Params:
         return self.params_model.model_validate(params or {})
