@@ -30,16 +30,22 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from . import handlers  # noqa: F401  (registers the handlers)
+    from .metrics import Server
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-    asyncio.run(kopf.operator(
-        clusterwide=True,
-        standalone=True,  # no Kopf peering: the Lease decides which replica acts (leader.py)
-        memo=kopf.Memo(config=config, kubeconfig=args.kubeconfig),
-        liveness_endpoint=args.liveness,
-    ))
+    metrics = Server(config.metrics_address) if config.metrics_address else None
+    try:
+        asyncio.run(kopf.operator(
+            clusterwide=True,
+            standalone=True,  # no Kopf peering: the Lease decides which replica acts (leader.py)
+            memo=kopf.Memo(config=config, kubeconfig=args.kubeconfig),
+            liveness_endpoint=args.liveness,
+        ))
+    finally:
+        if metrics is not None:
+            metrics.stop()
     return 0
 
 

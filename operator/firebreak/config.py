@@ -20,6 +20,8 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 DEFAULT_NAMESPACE = "firebreak-system"
 ALWAYS_PROTECTED = frozenset({"kube-system"})
 SET_FIELDS = frozenset({"protected_namespaces"})
+# Fields where an empty value means "off" rather than "unset".
+EMPTY_MEANS_OFF = frozenset({"webhook_address", "metrics_address"})
 
 
 class ConfigError(ValueError):
@@ -102,6 +104,12 @@ class OperatorConfig(BaseModel):
         default=32, ge=1,
         description="Requests the webhook handles at once; more wait for a slot, then get 503.")
 
+    # --- seen and heard
+    metrics_address: str = Field(
+        default="0.0.0.0:8082",
+        description="host:port where Prometheus metrics are served (/metrics); empty "
+                    "disables them.")
+
     # --- intake: pull sources
     prometheus_url: str | None = Field(
         default=None, description="Poll this Prometheus for firing alerts; unset disables polling.")
@@ -133,7 +141,7 @@ class OperatorConfig(BaseModel):
             raise ValueError("must not be empty")
         return value.strip()
 
-    @field_validator("webhook_address")
+    @field_validator("webhook_address", "metrics_address")
     @classmethod
     def _address(cls, value: str) -> str:
         value = value.strip()
@@ -188,7 +196,7 @@ def load_config(env: Mapping[str, str] | None = None,
     values: dict[str, object] = {"namespace": _default_namespace()}
     for field in OperatorConfig.model_fields:
         raw = env.get(env_name(field))
-        if raw is not None and (raw != "" or field == "webhook_address"):
+        if raw is not None and (raw != "" or field in EMPTY_MEANS_OFF):
             values[field] = _parse(field, raw)
     for field, raw in (overrides or {}).items():
         if raw is not None:

@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from . import __version__
+from . import __version__, metrics
 from .actions import registry
 from .actions.network import OWNER_ANNOTATION
 from .api import (
@@ -101,6 +101,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # our own Events tell the story
+    # Counted, for the handlers' queue depth (metrics.py).
+    settings.execution.executor = metrics.CountingExecutor()
     settings.execution.max_workers = 16
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
     settings.networking.request_timeout = 30
@@ -240,6 +242,8 @@ async def incident(type: str | None, body: kopf.Body, memo: kopf.Memo,
     index = playbooks
     controller.playbooks = lambda: list(index.get(ALL, []))
     controller.observe(INCIDENT, type, _plain(body))
+    # The incident gauges: from the watch, so every replica counts every incident.
+    metrics.INCIDENTS.observe(type, body)
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:

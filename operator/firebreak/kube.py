@@ -23,6 +23,8 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from . import metrics
+
 T = TypeVar("T")
 
 TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -113,6 +115,11 @@ def classify(exc: BaseException) -> ApiError:
     return TemporaryApiError(f"API server unreachable: {exc}")
 
 
+def _count_retry(state: tenacity.RetryCallState) -> None:
+    failure = state.outcome.exception() if state.outcome is not None else None
+    metrics.api_retry(failure.status if isinstance(failure, ApiException) else None)
+
+
 def call(fn: Callable[..., T], *args: Any, retry_for: float = RETRY_SECONDS, **kwargs: Any) -> T:
     """Call the API, retrying temporary failures for up to ``retry_for`` seconds (0: try
     once); raise a classified ``ApiError``."""
@@ -120,6 +127,7 @@ def call(fn: Callable[..., T], *args: Any, retry_for: float = RETRY_SECONDS, **k
         retry=tenacity.retry_if_exception(is_temporary),
         wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
         stop=tenacity.stop_after_delay(retry_for),
+        before_sleep=_count_retry,
         reraise=True,
     )
     kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)

@@ -28,6 +28,7 @@ import logging
 import math
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
+from . import metrics
 from .config import OperatorConfig
 from .intake import Deadline, Intake, Prepared, Recorded
 from .kube import ApiError, BadRequest, Invalid, Kube, TemporaryApiError, call
@@ -206,7 +208,7 @@ class Webhook:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.webhook_body_limit,
-                              middlewares=[self._guard, self._authenticate])
+                              middlewares=[self._measure, self._guard, self._authenticate])
         app.router.add_post("/alertmanager", self._alertmanager, expect_handler=expect)
         app.router.add_post("/falco", self._falco, expect_handler=expect)
         app.router.add_post("/signals", self._external, expect_handler=expect)
@@ -239,6 +241,33 @@ class Webhook:
 
     def unavailable(self, message: str) -> web.Response:
         return error(503, message, headers={"Retry-After": self.retry_after})
+
+    @web.middleware
+    async def _measure(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Outermost: every request counted by endpoint and status, with its latency;
+        POSTs in the intake queue until answered."""
+        started = time.monotonic()
+        endpoint = metrics.endpoint(request.path)
+        queue = metrics.QUEUE_DEPTH.labels("intake")
+        posted = request.method == "POST"
+        if posted:
+            queue.inc()
+        code = 500
+        try:
+            response = await handler(request)
+            code = response.status
+            return response
+        except web.HTTPException as exc:
+            code = exc.status
+            raise
+        except asyncio.CancelledError:
+            code = 499  # the client went away before its answer (as nginx counts it)
+            raise
+        finally:
+            if posted:
+                queue.dec()
+            metrics.WEBHOOK_REQUESTS.labels(endpoint, str(code)).inc()
+            metrics.WEBHOOK_DURATION.labels(endpoint).observe(time.monotonic() - started)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -137,6 +138,13 @@ def test_record_keeps_the_latest_of_every_notification_and_event_beyond_the_limi
     assert kept == [first, flapping[2], flapping[3]]
     assert record([], first, limit=3) == [first]
     assert record([first], flapping[0], limit=2) == [first, flapping[0]]
+    many = [delivery("a", E.contained, m) for m in range(60)]
+    assert record(many[:-1], many[-1]) == many[-50:]
+
+
+def test_an_occurrence_cannot_change() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CONTAINED_AT_3.detail = "x"  # type: ignore[misc]
 
 
 SPEC = SecurityIncidentSpec.model_validate({
