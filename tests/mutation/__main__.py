@@ -49,6 +49,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "conditions.py": ("tests/unit/test_conditions.py",),
     "guardrails.py": ("tests/unit/test_guardrails.py",),
     "isolation.py": ("tests/unit/test_isolation.py",),
+    "evidence.py": ("tests/unit/test_evidence.py",),
     "matching.py": ("tests/unit/test_matching.py",),
     "notifications.py": ("tests/unit/test_notifications.py",),
     "planning.py": ("tests/unit/test_planning.py",),

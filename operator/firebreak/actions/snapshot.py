@@ -21,6 +21,10 @@ file, where it is, and what could not be collected and why. Evidence that cannot
 had (a kubelet that does not serve logs, a volume API that is not installed) is
 recorded as skipped; it never fails the step.
 
+Every item's SHA-256 is kept in the index, on its object (annotation
+``firebreak.dev/sha256``) and in the incident's status (the step's ``evidence``): the
+record ``firebreak evidence verify`` checks the bundle against (``evidence.py``).
+
 Evidence outlives the incident, so the step cannot be reverted. Applying again
 after part 0 exists changes nothing, and names are deterministic, so a restart
 never writes a second bundle.
@@ -32,6 +36,7 @@ import base64
 import copy
 import datetime as dt
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,7 +44,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
-from ..api import ActionName, TargetKind
+from ..api import ActionName, EvidenceItem, EvidenceStored, TargetKind
+from ..evidence import DIGEST_ANNOTATION, digest
 from ..kube import ApiError, Kube, TemporaryApiError, call, create, raw, read_raw
 from .base import (
     Action,
@@ -433,7 +439,7 @@ def _index(ctx: ActionContext, bundle: Bundle, storage: EvidenceStorage, names: 
     for n, part in enumerate(parts):
         for f in part:
             entry: dict[str, Any] = {"key": f.key, "in": names[n], "about": f.about,
-                                     "bytes": len(f.text.encode())}
+                                     "bytes": len(f.text.encode()), "sha256": digest(f.text)}
             if f.original_bytes is not None:
                 entry["truncated"] = (
                     f"{f.original_bytes} bytes; kept the "
@@ -496,6 +502,10 @@ def _body(ctx: ActionContext, storage: EvidenceStorage, name: str,
             "firebreak.dev/incident-name": ctx.incident.name,
             "firebreak.dev/step": ctx.step,
             "firebreak.dev/target": _describe(target.kind.value, target.namespace, target.name),
+            # The digest of every item, on the object too (the incident's status is the
+            # record).
+            DIGEST_ANNOTATION: json.dumps({key: digest(text) for key, text in data.items()},
+                                          sort_keys=True),
         },
     }
     body: dict[str, Any] = {"apiVersion": "v1", "kind": kind, "metadata": meta,
@@ -507,18 +517,59 @@ def _body(ctx: ActionContext, storage: EvidenceStorage, name: str,
     return body
 
 
-def _stored_summary(obj: Obj, kind: str) -> str | None:
+def _stored_text(obj: Obj, kind: str) -> str | None:
     text = (obj.get("data") or {}).get(INDEX_KEY)
     if text is None:
         return None
     if kind == "Secret":
         text = base64.b64decode(text).decode("utf-8", errors="replace")
+    return str(text)
+
+
+def _stored_summary(obj: Obj, kind: str) -> str | None:
+    text = _stored_text(obj, kind)
+    if text is None:
+        return None
     try:
         index = yaml.safe_load(text)
     except yaml.YAMLError:
         return None
     summary = index.get("summary") if isinstance(index, dict) else None
     return str(summary) if summary else None
+
+
+def _evidence(storage: EvidenceStorage, names: list[str],
+              files: list[tuple[str, str, str]]) -> list[EvidenceStored]:
+    """The status record of a bundle: (object, key, sha256) grouped by object, in order."""
+    return [EvidenceStored(kind=storage.kind, namespace=storage.namespace, name=name,
+                           items=[EvidenceItem(key=key, sha256=sha)
+                                  for where, key, sha in files if where == name])
+            for name in names]
+
+
+def _laid_out(parts: list[list[File]], names: list[str], index: str
+              ) -> list[tuple[str, str, str]]:
+    return [(names[0], INDEX_KEY, digest(index)),
+            *((names[n], f.key, digest(f.text)) for n, part in enumerate(parts) for f in part)]
+
+
+def _stored_evidence(obj: Obj, storage: EvidenceStorage) -> list[EvidenceStored]:
+    """The record of a bundle written before (a restart after part 0 was written), from
+    its index; empty when the index does not say (a bundle of an older release)."""
+    text = _stored_text(obj, storage.kind)
+    try:
+        index = yaml.safe_load(text) if text is not None else None
+    except yaml.YAMLError:
+        return []
+    if not isinstance(index, dict) or not isinstance(index.get("files"), list):
+        return []
+    files = [(str(f.get("in")), str(f.get("key")), str(f.get("sha256")))
+             for f in index["files"] if isinstance(f, dict)]
+    if not all(len(sha) == 64 for _, _, sha in files):
+        return []
+    assert text is not None
+    names = list(dict.fromkeys([obj["metadata"]["name"], *(where for where, _, _ in files)]))
+    return _evidence(storage, names, [(names[0], INDEX_KEY, digest(text)), *files])
 
 
 def _write(ctx: ActionContext, storage: EvidenceStorage, parts: list[list[File]],
@@ -634,11 +685,12 @@ class Snapshot(Action):
         if existing is not None:
             summary = _stored_summary(existing, kind)
             return Applied(message=summary or f"evidence already stored in {kind} {first}",
-                           record=None)
+                           record=None, evidence=_stored_evidence(existing, storage))
         limit = ctx.config.snapshot_max_bytes
         bundle = _collect(ctx, params, record, limit)
         _take_volume_snapshots(ctx, params, record, bundle)
         parts, names, index = _layout(ctx, bundle, storage, limit)
         _write(ctx, storage, parts, names, index)
         return Applied(message=_summary(bundle, kind, names), record=None,
-                       warnings=bundle.warnings)
+                       warnings=bundle.warnings,
+                       evidence=_evidence(storage, names, _laid_out(parts, names, index)))
