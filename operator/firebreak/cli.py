@@ -1,7 +1,9 @@
-"""``firebreak``: the command line. ``firebreak run`` runs the operator.
+"""``firebreak``: the command line. ``firebreak run`` runs the operator; the other
+commands are the responder's (``responder.py``), also installed as the kubectl plugin
+``kubectl-firebreak`` (``kubectl firebreak list``).
 
-Every configuration field is a flag here and an environment variable, derived
-from ``OperatorConfig`` (see ``config.py``).
+Every configuration field of ``run`` is a flag here and an environment variable,
+derived from ``OperatorConfig`` (see ``config.py``).
 """
 
 from __future__ import annotations
@@ -49,9 +51,73 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="firebreak", description=__doc__)
+def _respond(args: argparse.Namespace) -> int:
+    from .responder import (
+        CommandError,
+        Session,
+        render_incident,
+        render_list,
+        render_verification,
+    )
+
+    try:
+        session = Session.connect(args.kubeconfig, args.context, args.namespace)
+        if args.command == "list":
+            print(render_list(session.incidents(args.all_namespaces), session.clock()))
+        elif args.command == "show":
+            print(render_incident(session.incident(args.name)))
+        elif args.command in ("approve", "reject"):
+            print(session.decide(args.name, args.command, args.reason))
+        elif args.command == "resolve":
+            print(session.resolve(args.name, args.reason))
+        else:  # evidence verify
+            recorded, findings = session.verify(args.name)
+            return render_verification(f"{session.namespace}/{args.name}", recorded, findings,
+                                       sys.stdout)
+    except CommandError as exc:
+        print(f"{args.prog}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _connection(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then "
+                                              "~/.kube/config)")
+    command.add_argument("--context", help="the kubeconfig context to use")
+    command.add_argument("-n", "--namespace",
+                         help="the incident's namespace (default: the context's)")
+
+
+def parser(prog: str = "firebreak", with_run: bool = True) -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog=prog, description=__doc__)
+    top.set_defaults(prog=prog)
     sub = top.add_subparsers(dest="command", required=True)
+    listing = sub.add_parser("list", help="list incidents")
+    _connection(listing)
+    listing.add_argument("-A", "--all-namespaces", action="store_true",
+                         help="incidents of every namespace")
+    show = sub.add_parser("show", help="an incident as a readable timeline")
+    _connection(show)
+    show.add_argument("name")
+    for verb, text in (("approve", "approve the playbook's steps, in your name"),
+                       ("reject", "reject them: no step runs")):
+        decide = sub.add_parser(verb, help=text)
+        _connection(decide)
+        decide.add_argument("name")
+        decide.add_argument("--reason", required=verb == "reject", help="why")
+    resolve = sub.add_parser("resolve", help="end the incident: its applied steps are "
+                                             "reverted")
+    _connection(resolve)
+    resolve.add_argument("name")
+    resolve.add_argument("--reason", required=True, help="why it is over")
+    found = sub.add_parser("evidence", help="the incident's evidence")
+    checks = found.add_subparsers(dest="evidence_command", required=True)
+    verify = checks.add_parser("verify", help="check every evidence item against the SHA-256 "
+                                              "recorded in the incident")
+    _connection(verify)
+    verify.add_argument("name")
+    if not with_run:
+        return top
     run = sub.add_parser("run", help="run the operator against the current kubeconfig")
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--liveness", default=None,
@@ -67,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
-    return 2
+    return _respond(args)
+
+
+def plugin(argv: list[str] | None = None) -> int:
+    """``kubectl firebreak ...``: the responder's commands as a kubectl plugin."""
+    return _respond(parser("kubectl firebreak", with_run=False).parse_args(argv))
 
 
 if __name__ == "__main__":
