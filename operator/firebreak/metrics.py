@@ -42,6 +42,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .api import ActionName, NotificationEvent
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
@@ -104,8 +106,27 @@ API_RETRIES = Counter(
     "Kubernetes API requests retried after a temporary failure, by status code "
     "(0: no answer: refused, reset or timed out).",
     ["code"], registry=REGISTRY)
-for _queue in ("intake", "handlers"):
-    QUEUE_DEPTH.labels(_queue).set(0)
+
+
+def _initialise() -> None:
+    """Every series an alert rule reads exists from the start, at zero: a counter that
+    first appears at 1 shows no increase to Prometheus."""
+    for queue in ("intake", "handlers"):
+        QUEUE_DEPTH.labels(queue).set(0)
+    for action in ActionName:
+        for outcome in STEP_OUTCOMES.values():
+            STEPS.labels(action.value, outcome)
+        for outcome in REVERT_OUTCOMES.values():
+            REVERTS.labels(action.value, outcome)
+    for event in NotificationEvent:
+        for outcome in ("sent", "failed"):
+            NOTIFICATIONS.labels(event.value, outcome)
+    for route in ("/alertmanager", "/falco"):
+        for code in ("200", "503"):
+            WEBHOOK_REQUESTS.labels(route, code)
+
+
+_initialise()
 
 
 def endpoint(path: str) -> str:
