@@ -102,7 +102,9 @@ def test_a_good_playbook_is_stored_with_the_model_defaults(
     assert stored["release"] == "manual"
     assert stored["approval"] == {"policy": "automatic", "timeoutSeconds": 3600,
                                   "onTimeout": "reject"}
-    assert [s["onFailure"] for s in stored["steps"]] == ["abort", "abort"]
+    # No default for onFailure: it depends on the action (abort, continue for notify),
+    # and is decided at planning.
+    assert [s.get("onFailure") for s in stored["steps"]] == [None, None]
 
 
 @pytest.mark.usefixtures("crds")
@@ -203,6 +205,26 @@ BAD_PLAYBOOKS = [
     ("a param of another action", _step("isolateNetwork", replicas=0),
      "params.replicas applies only to scaleDown"),
     ("label without labels", _step("label"), "a label step needs params.labels"),
+    ("notify without a Secret", _step("notify", format="slack"),
+     "a notify step needs params.secretRef"),
+    ("a receiver's URL in the playbook", _step("notify", secretRef={"name": "s"},
+                                               url="https://hooks.example/x"),
+     'unknown field "spec.steps[0].params.url"'),
+    ("notify params on another action", _step("label", labels={"a": "b"},
+                                             secretRef={"name": "s"}),
+     "params.secretRef applies only to notify"),
+    ("unknown notification format", _step("notify", secretRef={"name": "s"}, format="teams"),
+     'Unsupported value: "teams"'),
+    ("a notification without events", {"notifications": [
+        {"name": "n", "events": [], "secretRef": {"name": "s"}}]},
+     "should have at least 1 items"),
+    ("an unknown transition", {"notifications": [
+        {"name": "n", "events": ["Exploded"], "secretRef": {"name": "s"}}]},
+     'Unsupported value: "Exploded"'),
+    ("duplicate notification names", {"notifications": [
+        {"name": "n", "events": ["Contained"], "secretRef": {"name": "s"}},
+        {"name": "n", "events": ["Resolved"], "secretRef": {"name": "t"}}]},
+     "notification names must be unique within a playbook"),
 ]
 
 BAD_INCIDENTS = [
