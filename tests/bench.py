@@ -211,7 +211,7 @@ class Operator:
         self.port = free_port()
         argv = [exe, "run", f"--kubeconfig={self.kubeconfig}", f"--namespace={OPERATOR_NS}",
                 f"--webhook-address=127.0.0.1:{self.port}",
-                f"--webhook-token-file={self.token_file}",
+                f"--webhook-token-file={self.token_file}", "--metrics-address=127.0.0.1:0",
                 # Throughput is what is measured here: no flood budget.
                 "--budget-per-minute=0"]
         if self.verbose:

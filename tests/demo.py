@@ -94,7 +94,8 @@ def main() -> int:
                 operator = subprocess.Popen(
                     [str(Path(sys.executable).parent / "firebreak"), "run",
                      f"--kubeconfig={cluster.kubeconfig}", "--namespace=firebreak-system",
-                     f"--webhook-address=127.0.0.1:{port}", f"--webhook-token-file={token_file}"],
+                     f"--webhook-address=127.0.0.1:{port}", f"--webhook-token-file={token_file}",
+                     "--metrics-address=127.0.0.1:0"],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
             try:

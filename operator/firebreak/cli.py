@@ -37,7 +37,14 @@ def _run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-    metrics = Server(config.metrics_address) if config.metrics_address else None
+    metrics = None
+    if config.metrics_address:
+        try:
+            metrics = Server(config.metrics_address)
+        except OSError as exc:
+            # Responding matters more than being watched; FirebreakMetricsDown tells.
+            logging.getLogger(__name__).error("metrics not served on %s: %s",
+                                              config.metrics_address, exc)
     try:
         asyncio.run(kopf.operator(
             clusterwide=True,

@@ -52,8 +52,10 @@ class OperatorProcess:
         exe = shutil.which("firebreak", path=str(Path(sys.executable).parent)) or "firebreak"
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
+            # Metrics on a free port unless the test names one: runs side by side never
+            # compete for the default.
             [exe, "run", f"--kubeconfig={self.kubeconfig}", f"--namespace={OPERATOR_NS}",
-             "--verbose", *self.extra_args],
+             "--verbose", "--metrics-address=127.0.0.1:0", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
