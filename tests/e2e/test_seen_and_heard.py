@@ -217,3 +217,16 @@ def _the_flow(op: OperatorProcess, cluster: LocalCluster, person: Path,
     tampered = plugin(cluster, person, "evidence", "verify", "miner", "-n", namespace)
     assert tampered.returncode == 1, tampered.stdout + tampered.stderr
     assert f"Secret {OPERATOR_NS}/{first['name']} {victim}: changed: SHA-256" in tampered.stdout
+
+    # The timeline as the person reads it; and the end of the incident, in their name.
+    shown = plugin(cluster, person, "show", "miner", "-n", namespace)
+    assert shown.returncode == 0, shown.stderr
+    assert f"  Decision:  approve by {PERSON}: seen the miner" in shown.stdout
+    assert "NotificationSent: Contained to chat" in shown.stdout
+    resolved = plugin(cluster, person, "resolve", "miner", "-n", namespace,
+                      "--reason", "miner removed")
+    assert resolved.returncode == 0, resolved.stderr
+    wait_phase(custom, namespace, "miner", "Resolved", op)
+    spec = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "securityincidents",
+                                               "miner")["spec"]
+    assert spec["resolution"] == {"reason": "miner removed", "by": PERSON}
