@@ -116,6 +116,9 @@ def test_phase_precedence(items: tuple[tuple[str, ConditionStatus, str], ...], r
     (c.STEPS_APPLIED, "StepsApplied"), (c.STEP_FAILED, "StepFailed"), (c.DRY_RUN, "DryRun"),
     (c.NOT_CONTAINED, "NothingApplied"), (c.REVERTING, "Reverting"), (c.REVERTED, "Reverted"),
     (c.REVERT_FAILED, "RevertFailed"),
+    (c.ISOLATED, "Isolated"), (c.NO_TARGET, "NoTarget"), (c.TARGET_NOT_FOUND, "TargetNotFound"),
+    (c.PLAYBOOK_DELETED, "PlaybookDeleted"), (c.ISOLATION_VERIFIED, "IsolationVerified"),
+    (c.ISOLATION_DEFEATED, "IsolationDefeated"), (c.QUARANTINE_RESTORED, "QuarantineRestored"),
 ])
 def test_condition_words_are_stable(constant: str, word: str) -> None:
     assert constant == word
