@@ -101,8 +101,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # our own Events tell the story
-    # Counted, for the handlers' queue depth (metrics.py).
-    settings.execution.executor = metrics.CountingExecutor()
     settings.execution.max_workers = 16
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
     settings.networking.request_timeout = 30
@@ -134,6 +132,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         elector = Elector(kube, config.namespace, identity, config.lease_seconds)
     controller = Controller(engine, PlaybookReadiness(kube=kube, emit=events), elector,
                             workers=config.workers, hold_interval=config.hold_interval)
+    metrics.queue_depth("reconcile", controller.queue.depth)
     memo[SERVICES] = Services(
         config=config,
         engine=engine,

@@ -22,7 +22,6 @@ the process and Python collectors, and served by ``serve``.
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -98,8 +97,8 @@ WEBHOOK_DURATION = Histogram(
 QUEUE_DEPTH = Gauge(
     "firebreak_queue_depth",
     "Work accepted and not finished: intake (webhook requests waiting for a slot or being "
-    "stored) and handlers (the operator's handler calls: waiting for a worker thread or "
-    "running).",
+    "stored) and reconcile (incidents and playbooks ready for a worker or in hand; those "
+    "waiting for a set time, such as an approval's next poll, are not counted).",
     ["queue"], registry=REGISTRY)
 API_RETRIES = Counter(
     "firebreak_api_retries_total",
@@ -111,7 +110,7 @@ API_RETRIES = Counter(
 def _initialise() -> None:
     """Every series an alert rule reads exists from the start, at zero: a counter that
     first appears at 1 shows no increase to Prometheus."""
-    for queue in ("intake", "handlers"):
+    for queue in ("intake", "reconcile"):
         QUEUE_DEPTH.labels(queue).set(0)
     for action in ActionName:
         for outcome in STEP_OUTCOMES.values():
@@ -258,23 +257,12 @@ INCIDENTS = IncidentGauges()
 REGISTRY.register(INCIDENTS)
 
 
-# --- the handlers' queue ---------------------------------------------------------------
+# --- queues ------------------------------------------------------------------------------
 
 
-class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
-    """Kopf's executor for sync handlers, counting the calls accepted and not finished."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-               ) -> concurrent.futures.Future[Any]:
-        depth = QUEUE_DEPTH.labels("handlers")
-        depth.inc()
-        try:
-            future = super().submit(fn, *args, **kwargs)
-        except BaseException:
-            depth.dec()
-            raise
-        future.add_done_callback(lambda _: depth.dec())
-        return future
+def queue_depth(queue: str, depth: Callable[[], int]) -> None:
+    """Report ``queue``'s depth as ``depth()`` says at each scrape."""
+    QUEUE_DEPTH.labels(queue).set_function(depth)
 
 
 # --- serving ---------------------------------------------------------------------------

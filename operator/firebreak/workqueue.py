@@ -105,6 +105,11 @@ class WorkQueue(Generic[K]):
         self._promote()
         return not self._ready and not self._busy
 
+    def depth(self) -> int:
+        """Keys ready or in hand: the work there is now (keys waiting for their time,
+        such as a poll of an approval, are not). Read from any thread (metrics)."""
+        return len(self._ready) + len(self._busy)
+
     def pending(self) -> int:
         """Keys waiting to be processed, now or later (not counting those in hand)."""
         return len(self._ready) + len(self._due) + len(self._again)

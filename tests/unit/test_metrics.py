@@ -4,7 +4,6 @@ queue, and the exposition served over HTTP on loopback."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import urllib.request
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from firebreak import metrics
+from firebreak.workqueue import WorkQueue
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -135,23 +135,25 @@ def test_incident_gauges_follow_the_watch() -> None:
                                ("firebreak_oldest_uncontained_incident_seconds", ()): 0.0}
 
 
-def test_the_handlers_queue_counts_calls_until_they_finish() -> None:
-    executor = metrics.CountingExecutor(max_workers=1)
-    gate, started = threading.Event(), threading.Event()
-    base = value("firebreak_queue_depth", queue="handlers")
-
-    def blocked() -> None:
-        started.set()
-        gate.wait(10)
-
-    first, second = executor.submit(blocked), executor.submit(lambda: None)
-    started.wait(10)
-    assert value("firebreak_queue_depth", queue="handlers") == base + 2  # running + waiting
-    gate.set()
-    first.result(10)
-    second.result(10)
-    executor.shutdown(wait=True)
-    assert value("firebreak_queue_depth", queue="handlers") == base
+def test_the_reconcile_queue_depth_is_the_work_there_is_now() -> None:
+    now = [100.0]
+    queue: WorkQueue[str] = WorkQueue(clock=lambda: now[0])
+    metrics.queue_depth("reconcile", queue.depth)
+    queue.add("a")
+    queue.add("b")
+    queue.add("a")
+    queue.add("later", after=10)  # an approval's next poll: not work yet
+    assert value("firebreak_queue_depth", queue="reconcile") == 2
+    assert queue.take() == "a"
+    assert value("firebreak_queue_depth", queue="reconcile") == 2  # one in hand, one ready
+    queue.done("a")
+    assert value("firebreak_queue_depth", queue="reconcile") == 1
+    now[0] += 10
+    assert queue.take() == "b"
+    assert queue.take() == "later"
+    queue.done("b")
+    queue.done("later")
+    assert value("firebreak_queue_depth", queue="reconcile") == 0
 
 
 def test_the_endpoint_label_is_one_of_the_routes() -> None:
