@@ -41,7 +41,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .api import ActionName, NotificationEvent
+from .api import ActionName, NotificationEvent, Phase, Source
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -55,11 +55,11 @@ WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 STEP_OUTCOMES = {"Applied": "applied", "Planned": "planned", "Refused": "refused",
                  "Failed": "failed"}
 REVERT_OUTCOMES = {"Reverted": "reverted", "RevertFailed": "failed"}
-PHASES = ("Pending", "Triaging", "AwaitingApproval", "Containing", "Contained", "Recovering",
-          "Resolved", "Failed", "Suppressed")
-SOURCES = ("alertmanager", "prometheus", "trivy", "falco", "manual")
+PHASES = frozenset(p.value for p in Phase)
+SOURCES = frozenset(s.value for s in Source)
 # Phases of an incident that is neither contained nor over.
-UNCONTAINED = frozenset({"Pending", "Triaging", "AwaitingApproval", "Containing", "Failed"})
+UNCONTAINED = frozenset({"Pending", "Triaging", "AwaitingApproval", "Throttled", "Containing",
+                         "Failed"})
 WEBHOOK_ENDPOINTS = frozenset({"/alertmanager", "/falco", "/healthz", "/readyz"})
 
 TIME_TO_CONTAIN = Histogram(
@@ -248,7 +248,8 @@ class IncidentGauges(Collector):
         yield GaugeMetricFamily(
             "firebreak_oldest_uncontained_incident_seconds",
             "Seconds since the first signal of the oldest incident that is neither "
-            "contained nor over (Pending, Triaging, AwaitingApproval, Containing, Failed); "
+            "contained nor over (Pending, Triaging, AwaitingApproval, Throttled, Containing, "
+            "Failed); "
             "0 when there is none.",
             value=max([0.0, *ages]))
 

@@ -115,6 +115,7 @@ def test_incident_gauges_follow_the_watch() -> None:
                                         first="2025-03-01T11:58:00Z"))
     gauges.observe(None, incident("d", "Resolved", "nonsense"))
     gauges.observe("ADDED", incident("e", "AwaitingApproval"))  # no firstSeen: creation
+    gauges.observe("ADDED", incident("f", "Throttled", first="2025-03-01T11:59:00Z"))
     found = samples(gauges)
     assert found == {
         ("firebreak_incidents", (("phase", "AwaitingApproval"), ("source", "falco"))): 1,
@@ -122,10 +123,12 @@ def test_incident_gauges_follow_the_watch() -> None:
         ("firebreak_incidents", (("phase", "Failed"), ("source", "alertmanager"))): 1,
         ("firebreak_incidents", (("phase", "Pending"), ("source", "falco"))): 1,
         ("firebreak_incidents", (("phase", "Resolved"), ("source", "other"))): 1,
+        ("firebreak_incidents", (("phase", "Throttled"), ("source", "falco"))): 1,
         ("firebreak_incidents_isolation_defeated", ()): 1,
         ("firebreak_oldest_uncontained_incident_seconds", ()): 3600.0,
     }
     gauges.observe("DELETED", incident("e", None))
+    gauges.observe("DELETED", incident("f", None))
     gauges.observe("MODIFIED", incident("c", "Contained", "alertmanager", isolated="True"))
     found = samples(gauges)
     assert found[("firebreak_incidents_isolation_defeated", ())] == 0
