@@ -187,6 +187,10 @@ def _the_flow(op: OperatorProcess, cluster: LocalCluster, person: Path,
     assert sample["value"][1] == "1"
     total = prometheus.query(series.replace("_count", "_sum"))[0]["value"][1]
     assert float(total) == pytest.approx(seconds, abs=0.01)
+    # The incident gauges, from the watch of incidents.
+    prometheus.wait_until(
+        lambda: prometheus.query('firebreak_incidents{phase="Contained",source="manual"} >= 1'),
+        timeout=60, what="the contained incident in firebreak_incidents")
 
     # A step that fails fires the alert on the responder.
     create_incident(custom, namespace, "ghost", {"kind": "Pod", "namespace": namespace,
