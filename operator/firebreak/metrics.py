@@ -60,7 +60,9 @@ SOURCES = frozenset(s.value for s in Source)
 # Phases of an incident that is neither contained nor over.
 UNCONTAINED = frozenset({"Pending", "Triaging", "AwaitingApproval", "Throttled", "Containing",
                          "Failed"})
-WEBHOOK_ENDPOINTS = frozenset({"/alertmanager", "/falco", "/healthz", "/readyz"})
+# The webhook's POST routes, whose series exist from the start (webhook.py labels every
+# request by the route it matched, "other" when none).
+WEBHOOK_POSTS = ("/alertmanager", "/falco", "/signals")
 
 TIME_TO_CONTAIN = Histogram(
     "firebreak_time_to_contain_seconds",
@@ -120,17 +122,12 @@ def _initialise() -> None:
     for event in NotificationEvent:
         for outcome in ("sent", "failed"):
             NOTIFICATIONS.labels(event.value, outcome)
-    for route in ("/alertmanager", "/falco"):
+    for route in WEBHOOK_POSTS:
         for code in ("200", "503"):
             WEBHOOK_REQUESTS.labels(route, code)
 
 
 _initialise()
-
-
-def endpoint(path: str) -> str:
-    """A webhook path as a label value: one of the routes, or ``other``."""
-    return path if path in WEBHOOK_ENDPOINTS else "other"
 
 
 def api_retry(code: int | None) -> None:

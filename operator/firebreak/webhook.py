@@ -247,7 +247,9 @@ class Webhook:
         """Outermost: every request counted by endpoint and status, with its latency;
         POSTs in the intake queue until answered."""
         started = time.monotonic()
-        endpoint = metrics.endpoint(request.path)
+        # The route matched (a bounded set: the app's own), never the path as sent.
+        resource = request.match_info.route.resource
+        endpoint = resource.canonical if resource is not None else "other"
         queue = metrics.QUEUE_DEPTH.labels("intake")
         posted = request.method == "POST"
         if posted:

@@ -93,13 +93,18 @@ async def test_webhook_requests_are_counted_by_endpoint_and_status(
     def counts() -> list[float]:
         return [value("firebreak_webhook_requests_total", endpoint="/falco", code="400"),
                 value("firebreak_webhook_requests_total", endpoint="/healthz", code="200"),
+                value("firebreak_webhook_requests_total", endpoint="/signals/schema", code="200"),
                 value("firebreak_webhook_requests_total", endpoint="other", code="404"),
+                value("firebreak_webhook_requests_total", endpoint="other", code="405"),
                 value("firebreak_webhook_request_duration_seconds_count", endpoint="/falco")]
 
     before = counts()
     assert (await http.post("/falco", data=b"{", headers={"Content-Type": "application/json"}
                             )).status == 400
     assert (await http.get("/healthz")).status == 200
-    assert (await http.get("/no/such/thing")).status == 404
-    assert counts() == [before[0] + 1, before[1] + 1, before[2] + 1, before[3] + 1]
+    assert (await http.get("/signals/schema")).status == 200
+    # Whatever path is sent, the label is a route of the webhook's or "other".
+    assert (await http.get("/no/such/thing/" + "x" * 100)).status == 404
+    assert (await http.get("/falco")).status == 405  # no route for that method
+    assert counts() == [n + 1 for n in before]
     assert value("firebreak_queue_depth", queue="intake") == 0
