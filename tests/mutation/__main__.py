@@ -41,7 +41,8 @@ HERE = Path(__file__).resolve().parent
 EQUIVALENTS = HERE / "equivalent.txt"
 REPORT = REPO / "mutation-report"
 
-_SOURCE_TESTS = ("tests/unit/test_signal.py", "tests/unit/test_sources.py")
+_SOURCE_TESTS = ("tests/unit/test_signal.py", "tests/unit/test_signal_bounds.py",
+                 "tests/unit/test_sources.py")
 
 # Each pure module and the unit tests that speak for it.
 MODULES: dict[str, tuple[str, ...]] = {
