@@ -42,7 +42,7 @@ EQUIVALENTS = HERE / "equivalent.txt"
 REPORT = REPO / "mutation-report"
 
 _SOURCE_TESTS = ("tests/unit/test_signal.py", "tests/unit/test_signal_bounds.py",
-                 "tests/unit/test_sources.py")
+                 "tests/unit/test_signal_limits.py", "tests/unit/test_sources.py")
 
 # Each pure module and the unit tests that speak for it.
 MODULES: dict[str, tuple[str, ...]] = {
