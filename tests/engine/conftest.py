@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from firebreak.actions import registry
+from firebreak.budget import Budget
 from firebreak.config import OperatorConfig
 from firebreak.engine import Engine
 from firebreak.events import post_event
@@ -38,10 +39,11 @@ def make_engine(api: Recorder, clock: Clock, config: OperatorConfig) -> Callable
     """A fresh engine (as after a restart) over the same API. Events are posted through
     the same API at once, so they are writes like any other."""
 
-    def make(actions: Any = None, config: OperatorConfig = config) -> Engine:
+    def make(actions: Any = None, config: OperatorConfig = config,
+             budget: Budget | None = None) -> Engine:
         kube = api.kube()
         return Engine(kube=kube, config=config, actions=actions or registry(),
-                      emit=partial(post_event, kube), clock=clock)
+                      emit=partial(post_event, kube), clock=clock, budget=budget)
 
     return make
 

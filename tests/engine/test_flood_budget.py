@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from firebreak.actions import registry
 from firebreak.budget import Budget
-from firebreak.config import OperatorConfig
 from firebreak.engine import Engine, RetryLater
-from firebreak.events import post_event
 from tests.engine.recorder import Crash, Recorder
 from tests.engine.world import (
     NS,
-    OPERATOR_NS,
     Clock,
     add_app,
     add_incident,
@@ -27,11 +25,7 @@ from tests.engine.world import (
 LABEL = step("mark", "label", labels={"flagged": "yes"})
 
 
-def engine(api: Recorder, clock: Clock, per_minute: int) -> Engine:
-    kube = api.kube()
-    return Engine(kube=kube, config=OperatorConfig(namespace=OPERATOR_NS), actions=registry(),
-                  emit=lambda *args: post_event(kube, *args), clock=clock,
-                  budget=Budget(per_minute))
+EngineFactory = Callable[..., Engine]
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +35,8 @@ def world(api: Recorder) -> None:
 
 
 def test_beyond_the_cluster_budget_an_incident_waits_throttled_then_acts(
-        api: Recorder, clock: Clock) -> None:
-    responder = engine(api, clock, per_minute=2)
+        api: Recorder, clock: Clock, make_engine: EngineFactory) -> None:
+    responder = make_engine(budget=Budget(2))
     book = playbook("mark", LABEL)
     for name in ("one", "two", "three"):
         add_incident(api, name)
@@ -71,8 +65,9 @@ def test_beyond_the_cluster_budget_an_incident_waits_throttled_then_acts(
     assert status(api, "three")["phase"] == "Contained"
 
 
-def test_a_playbook_budget_holds_back_its_own_incidents(api: Recorder, clock: Clock) -> None:
-    responder = engine(api, clock, per_minute=0)
+def test_a_playbook_budget_holds_back_its_own_incidents(
+        api: Recorder, make_engine: EngineFactory) -> None:
+    responder = make_engine(budget=Budget(0))
     strict = playbook("strict", LABEL, budget={"perMinute": 1})
     add_incident(api, "one")
     add_incident(api, "two")
@@ -85,8 +80,8 @@ def test_a_playbook_budget_holds_back_its_own_incidents(api: Recorder, clock: Cl
 
 
 def test_an_incident_that_began_before_a_crash_resumes_whatever_the_budget(
-        api: Recorder, clock: Clock) -> None:
-    responder = engine(api, clock, per_minute=1)
+        api: Recorder, clock: Clock, make_engine: EngineFactory) -> None:
+    responder = make_engine(budget=Budget(1))
     book = playbook("mark", LABEL, step("stop", "scaleDown"))
     add_incident(api, "one")
     add_incident(api, "two")

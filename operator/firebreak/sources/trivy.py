@@ -105,10 +105,15 @@ class _Registry(_Wire):
     server: str | None = None
 
 
-class _ReportBody(_Wire):
+class _ImageReportBody(_Wire):
+    """What every report about an image says of it."""
+
     artifact: _Artifact | None = None
     registry: _Registry | None = None
     update_timestamp: AwareDatetime | None = None
+
+
+class _ReportBody(_ImageReportBody):
     vulnerabilities: list[_Vulnerability] = Field(default_factory=list)
 
     @field_validator("vulnerabilities", mode="before")
@@ -295,10 +300,7 @@ class _Secret(_Wire):
         return "" if value is None else value
 
 
-class _SecretBody(_Wire):
-    artifact: _Artifact | None = None
-    registry: _Registry | None = None
-    update_timestamp: AwareDatetime | None = None
+class _SecretBody(_ImageReportBody):
     secrets: list[_Secret] = Field(default_factory=list)
 
     @field_validator("secrets", mode="before")
