@@ -8,8 +8,9 @@ count is lost. A delivery of a signal already counted (same fingerprint, same
 time: a retry after the sender gave up waiting, or Alertmanager repeating a
 notification) moves ``lastSeen`` but is not counted again; the times counted are
 kept in ``status.signalTimes``. An alert that fires again after its incident was
-resolved opens a successor (``<name>-2``, ``-3`` ...): a resolved incident is
-never re-armed.
+resolved (a start time the incident has not counted) opens a successor
+(``<name>-2``, ``-3`` ...): a resolved incident is never re-armed. A repeat of the
+firing that was resolved opens nothing: the person's resolution covers it.
 
 Incidents live with their target. A signal whose target's namespace does not
 exist is still a security signal: it is recorded in the operator's namespace, its
@@ -209,7 +210,12 @@ class Intake:
                 if existing is None:
                     continue
             if (existing.get("spec") or {}).get("resolution"):
-                continue  # resolved: this firing opens a successor
+                if time_ is not None and \
+                        time_ in ((existing.get("status") or {}).get("signalTimes") or []):
+                    # The very firing a person resolved, repeated (Alertmanager's
+                    # repeat_interval, a retry): the resolution covers it.
+                    return Recorded(namespace, name, "repeated")
+                continue  # resolved: a new firing opens a successor
             counted = self._count(namespace, name, now, time_, existing, deadline)
             return Recorded(namespace, name, "updated" if counted else "repeated")
         raise PermanentApiError(

@@ -325,6 +325,9 @@ def test_an_alert_through_the_service_is_contained_and_a_rollout_loses_nothing(
     except AssertionError:  # what stood between the client and web-a
         print(cluster.kubectl("get", "securityincidents,networkpolicies,pods", "-n", namespace,
                               "-o", "wide", "--show-labels"))
+        print(cluster.kubectl("get", "securityincidents", "-n", namespace, "-o",
+                              "custom-columns=NAME:.metadata.name,TIMES:.status.signalTimes,"
+                              "FIRST:.status.firstSeen,LAST:.status.lastSeen"))
         raise
     for incident in (resolved, second):
         assert incident["spec"]["source"] == "alertmanager"

@@ -5,6 +5,8 @@ write and its precondition is asserted."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from firebreak.api import FINALIZER, Target, TargetKind
@@ -84,6 +86,24 @@ def test_a_firing_after_resolution_opens_a_successor(intake: Intake, api: Record
     assert (again.name, again.outcome) == (f"{NAME}-2", "created")
     assert intake.record(signal()).name == f"{NAME}-2"
     assert status(api, NAME)["signalCount"] == 1
+
+
+def test_a_repeat_of_the_resolved_firing_opens_nothing_a_new_firing_does(
+        intake: Intake, api: Recorder, clock: Clock) -> None:
+    started = dt.datetime(2025, 3, 1, 11, 59, tzinfo=dt.timezone.utc)
+    intake.record(signal(time=started))
+    api.objects[("securityincidents", NS, NAME)]["spec"]["resolution"] = {"reason": "ours"}
+    writes = len(api.writes)
+    clock.advance(3600)  # Alertmanager's repeat_interval: the same firing, sent again
+    repeat = intake.record(signal(time=started))
+    assert (repeat.name, repeat.outcome) == (NAME, "repeated")
+    assert api.writes[writes:] == []
+    # The alert resolved and fired again: a start time the resolved incident never saw.
+    again = intake.record(signal(time=started + dt.timedelta(hours=2)))
+    assert (again.name, again.outcome) == (f"{NAME}-2", "created")
+    # The old firing repeated once more still belongs to the resolved incident.
+    assert intake.record(signal(time=started)).name == NAME
+    assert status(api, f"{NAME}-2")["signalCount"] == 1
 
 
 def test_a_resolved_signal_releases_only_when_the_playbook_says_so(
