@@ -245,10 +245,12 @@ def test_the_operator_runs_as_installed(
     assert "alert webhook listening on http://0.0.0.0:8080" in log
 
 
-def _rule(alerts: dict[str, str], namespace: str) -> str:
-    rules = [{"alert": ALERT, "expr": "vector(1)",
+def _rule(alerts: dict[str, str], namespace: str, quiet: tuple[str, ...] = ()) -> str:
+    """One rule per pod, firing; those in ``quiet`` keep their rule (so Prometheus
+    keeps its state) with an expression that no longer fires: resolved explicitly."""
+    rules = [{"alert": ALERT, "expr": "vector(1) < 0" if pod in quiet else "vector(1)",
               "labels": {"namespace": namespace, "pod": pod, "severity": "critical"},
-              "annotations": {"summary": f"a shell in {pod}"}} for pod in alerts]
+              "annotations": {"summary": f"a shell in {pod}"}} for pod in [*alerts, *quiet]]
     return yaml.safe_dump({"groups": [{"name": "firebreak-install", "rules": rules}]})
 
 
@@ -286,8 +288,7 @@ def test_an_alert_through_the_service_is_contained_and_a_rollout_loses_nothing(
     url = f"http://{service.spec.cluster_ip}:8080/alertmanager"
     token = base64.b64decode(core.read_namespaced_secret(
         "firebreak-webhook-token", OPERATOR_NS).data["token"]).decode().strip()
-    firing = {"web-a": "a"}
-    with AlertingStack.started(webhook_url=url, rules=_rule(firing, namespace),
+    with AlertingStack.started(webhook_url=url, rules=_rule({"web-a": "a"}, namespace),
                                token=token) as stack:
         try:
             first = _phase(custom, namespace, "web-a", "Contained")
@@ -297,8 +298,10 @@ def test_an_alert_through_the_service_is_contained_and_a_rollout_loses_nothing(
             assert first["metadata"]["name"] in "".join(
                 cluster.kubectl("logs", "-n", OPERATOR_NS, pod) for pod in old)
 
-            # The rollout, and meanwhile a person resolves the first incident and a
-            # second alert fires: both must survive the operator's pods being replaced.
+            # The rollout, and meanwhile a person resolves the first incident (its
+            # alert stops: whatever Prometheus sends about web-a from now on is a repeat
+            # or a resolution, never a new firing) and a second alert fires: both must
+            # survive the operator's pods being replaced.
             began = time.monotonic()
             installed.shell("kubectl -n firebreak-system rollout restart deployment/firebreak")
             wait_for(lambda: not old <= {p.metadata.name for p in installed.pods(core)},
@@ -306,8 +309,7 @@ def test_an_alert_through_the_service_is_contained_and_a_rollout_loses_nothing(
             custom.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, "securityincidents", first["metadata"]["name"],
                 {"spec": {"resolution": {"reason": "the shell was ours", "by": "admin"}}})
-            firing["web-b"] = "b"
-            stack.prometheus.set_rules(_rule(firing, namespace))
+            stack.prometheus.set_rules(_rule({"web-b": "b"}, namespace, quiet=("web-a",)))
             installed.shell("kubectl -n firebreak-system rollout status deployment/firebreak "
                             "--timeout=300s")
             print(f"rollout: {time.monotonic() - began:.1f}s")
