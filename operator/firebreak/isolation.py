@@ -27,6 +27,7 @@ from typing import Any, Literal
 from .selectors import selects
 
 QUARANTINE_PREFIX = "quarantine.firebreak.dev/"
+NAME_LABEL = "kubernetes.io/metadata.name"
 DNS_PORTS = frozenset({("UDP", 53), ("TCP", 53)})
 Direction = Literal["ingress", "egress"]
 DIRECTIONS: tuple[Direction, ...] = ("ingress", "egress")
@@ -199,9 +200,48 @@ def _selector_text(selector: Obj) -> str:
     return ",".join(parts) or "(all)"
 
 
+def _names_namespace(selector: Obj | None, namespace: str | None) -> bool:
+    """Whether a namespaceSelector selects exactly the namespace ``namespace``, by the
+    name label the API server sets on every namespace and nobody can change."""
+    return namespace is not None and selector == {"matchLabels": {NAME_LABEL: namespace}}
+
+
+def is_allowance(rule: Obj, direction: Direction, allowances: Allowances) -> bool:
+    """Whether a rule is, by its shape alone, within the allowances: ingress from the
+    forensics namespace named by name, or egress to the DNS pods (the allowance's own
+    selector, in the DNS namespace named by name) on port 53. Such a rule (the
+    quarantine's own are built so) is judged without looking at any namespace or pod:
+    what it allows does not depend on them."""
+    peers = rule.get("from" if direction == "ingress" else "to") or []
+    if not peers or any(set(peer) - {"namespaceSelector", "podSelector"} for peer in peers):
+        return False
+    if direction == "ingress":
+        return all(_names_namespace(peer.get("namespaceSelector"),
+                                    allowances.forensics_namespace) for peer in peers)
+    # Every pod the peer selects carries the DNS labels (any pod, when they are none).
+    dns_pods = [{"matchLabels": dict(allowances.dns_selector)}] if allowances.dns_selector \
+        else [None, {}, {"matchLabels": {}}]
+    ports = rule.get("ports") or []
+    return bool(ports) and all(
+        _names_namespace(peer.get("namespaceSelector"), allowances.dns_namespace)
+        and peer.get("podSelector") in dns_pods for peer in peers) and all(
+        isinstance(entry.get("port"), int)
+        and (entry.get("protocol") or "TCP", entry["port"]) in DNS_PORTS
+        and entry.get("endPort") in (None, entry["port"]) for entry in ports)
+
+
 def rule_within(rule: Obj, direction: Direction, policy_namespace: str,
                 allowances: Allowances, world: World) -> bool:
-    """Whether a rule allows nothing beyond the allowances (judged over ``world``)."""
+    """Whether a rule allows nothing beyond the allowances: by its shape when it is
+    an allowance's, else judged over ``world``."""
+    return is_allowance(rule, direction, allowances) \
+        or judged_within(rule, direction, policy_namespace, allowances, world)
+
+
+def judged_within(rule: Obj, direction: Direction, policy_namespace: str,
+                  allowances: Allowances, world: World) -> bool:
+    """Whether a rule allows nothing beyond the allowances, judged over the namespaces
+    and pods of ``world``."""
     peers = rule.get("from" if direction == "ingress" else "to") or []
     if not peers:
         return False  # from or to anything, including outside the cluster

@@ -15,6 +15,8 @@ from firebreak.isolation import (
     excess,
     exclusion_term,
     has_exclusion,
+    is_allowance,
+    judged_within,
     is_quarantine_policy,
     quarantine_label,
     to_exclude,
@@ -408,3 +410,81 @@ def test_more_rules_are_judged_against_the_allowances(
                  namespace=pod.namespace)
     found = excess(pod, [own, other], OWN, allow, WORLD)
     assert [(f.direction, f.policy) for f in found] == expected
+
+
+def _blind_world() -> World:
+    def refuse(*_: Any) -> Any:
+        raise AssertionError("the judge looked at the world")
+
+    class Nowhere(dict[str, Any]):
+        __getitem__ = __iter__ = __len__ = items = refuse  # type: ignore[assignment]
+
+    return World(namespaces=Nowhere(), pods_in=refuse)
+
+
+def test_the_quarantine_alone_is_judged_from_its_rules_shape_without_reading_the_world() -> None:
+    # Its rules name the forensics and DNS namespaces by name and the DNS pods by the
+    # allowance's own selector: nothing any namespace or pod holds can widen them.
+    assert excess(TARGET, [OWN_POLICY], OWN, ALLOW, _blind_world()) == []
+    assert is_allowance(OWN_POLICY["spec"]["ingress"][0], "ingress", ALLOW)
+    assert is_allowance(OWN_POLICY["spec"]["egress"][0], "egress", ALLOW)
+
+
+@pytest.mark.parametrize(("direction", "rule"), [
+    # another namespace, or a namespace chosen by a label anyone may set
+    ("ingress", {"from": [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]}),
+    ("ingress", {"from": [{"namespaceSelector": {"matchLabels": {"team": "forensics"}}}]}),
+    ("ingress", {"from": [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "forensics", "team": "x"}}}]}),
+    ("ingress", {"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}),
+    ("ingress", {"from": []}),
+    # DNS pods chosen more widely than the allowance, or every port, or a named port
+    ("egress", {"to": [{**DNS_PEER, "podSelector": {}}], "ports": DNS_PORTS}),
+    ("egress", {"to": [{**DNS_PEER, "podSelector": {"matchExpressions": [
+        {"key": "k8s-app", "operator": "Exists"}]}}], "ports": DNS_PORTS}),
+    ("egress", {"to": [DNS_PEER]}),
+    ("egress", {"to": [DNS_PEER], "ports": [{"protocol": "UDP", "port": "dns"}]}),
+    ("egress", {"to": [DNS_PEER], "ports": [{"protocol": "UDP", "port": 53, "endPort": 60}]}),
+    ("egress", {"to": [DNS_PEER], "ports": [{"protocol": "SCTP", "port": 53}]}),
+    ("egress", {"to": [{"namespaceSelector": DNS_PEER["namespaceSelector"]}],
+                "ports": DNS_PORTS}),
+])
+def test_rules_of_any_other_shape_are_judged_against_the_world(direction: str,
+                                                               rule: dict[str, Any]) -> None:
+    assert not is_allowance(rule, direction, ALLOW)  # type: ignore[arg-type]
+
+
+# A world built to widen what a rule allows: a copy-cat namespace labelled like the
+# DNS and forensics namespaces (but for the name label), non-DNS pods in kube-system.
+HOSTILE = World(
+    namespaces={**WORLD.namespaces,
+                "impostor": {"kubernetes.io/metadata.name": "impostor", "team": "forensics"}},
+    pods_in=lambda ns: [*WORLD.pods_in(ns), PodView(ns, "anything", {"app": "shell"})],
+)
+FORENSICS_ONLY = Allowances(forensics_namespace="forensics")
+ANY_DNS_POD = Allowances(dns_namespace="kube-system", dns_selector={})
+
+
+@pytest.mark.parametrize(("direction", "rule", "allow", "shaped"), [
+    ("ingress", OWN_POLICY["spec"]["ingress"][0], ALLOW, True),
+    ("ingress", OWN_POLICY["spec"]["ingress"][0], FORENSICS_ONLY, True),
+    ("ingress", OWN_POLICY["spec"]["ingress"][0], Allowances(), False),
+    ("ingress", {"from": [{**OWN_POLICY["spec"]["ingress"][0]["from"][0],
+                           "podSelector": {"matchLabels": {"app": "kit"}}}]}, ALLOW, True),
+    ("egress", OWN_POLICY["spec"]["egress"][0], ALLOW, True),
+    ("egress", OWN_POLICY["spec"]["egress"][0], ANY_DNS_POD, False),
+    ("egress", OWN_POLICY["spec"]["egress"][0], FORENSICS_ONLY, False),
+    ("egress", {"to": [{**DNS_PEER, "podSelector": {}}], "ports": [{"port": 53}]},
+     ANY_DNS_POD, True),
+    ("egress", {"to": [{"namespaceSelector": DNS_PEER["namespaceSelector"]}],
+                "ports": DNS_PORTS}, ANY_DNS_POD, True),
+    ("egress", {"to": [{"namespaceSelector": DNS_PEER["namespaceSelector"]}],
+                "ports": DNS_PORTS}, ALLOW, False),
+])
+def test_a_rule_shaped_like_the_allowances_is_within_them_in_any_world(
+        direction: str, rule: dict[str, Any], allow: Allowances, shaped: bool) -> None:
+    assert is_allowance(rule, direction, allow) is shaped  # type: ignore[arg-type]
+    if shaped:  # the shortcut agrees with judging it against the pods and namespaces
+        for world in (WORLD, HOSTILE):
+            assert judged_within(rule, direction, NS, allow, world)  # type: ignore[arg-type]

@@ -42,6 +42,7 @@ from pydantic import Field
 
 from ..api import ActionName
 from ..isolation import (
+    NAME_LABEL,
     QUARANTINE_PREFIX,
     Allowances,
     Finding,
@@ -135,13 +136,13 @@ def build_isolation_policy(
     ingress: list[dict[str, Any]] = []
     if params.forensics_namespace:
         ingress.append({"from": [{"namespaceSelector": {"matchLabels": {
-            "kubernetes.io/metadata.name": params.forensics_namespace}}}]})
+            NAME_LABEL: params.forensics_namespace}}}]})
     egress: list[dict[str, Any]] = []
     if params.allow_dns:
         egress.append({
             "to": [{
                 "namespaceSelector": {"matchLabels": {
-                    "kubernetes.io/metadata.name": params.dns_namespace}},
+                    NAME_LABEL: params.dns_namespace}},
                 "podSelector": {"matchLabels": dict(params.dns_selector)},
             }],
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
