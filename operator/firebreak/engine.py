@@ -240,6 +240,8 @@ class Run:
         self.notifications = list(self.status.notifications or [])
         self.deliveries = list(self.status.deliveries or [])
         self._persisted = self._status_patch()
+        # Per step: what its prepare read, for its apply in this same run.
+        self._seen: dict[str, dict[str, Any]] = {}
 
     # --- recording ------------------------------------------------------------
 
@@ -421,8 +423,12 @@ class Run:
         message = (f"playbook {chosen.namespace}/{chosen.name} ({len(steps)} steps, "
                    f"{chosen.spec.mode.value})")
         self.condition(c.TRIAGED, ConditionStatus.true, c.PLAYBOOK_SELECTED, message)
-        self.note(c.PLAYBOOK_SELECTED, message)
-        if chosen.spec.approval.policy is ApprovalPolicy.automatic:
+        automatic = chosen.spec.approval.policy is ApprovalPolicy.automatic
+        # An Event when the incident now waits (for a person, or as a dry run); when the
+        # steps run at once, the Event that tells their outcome follows in moments.
+        self.note(c.PLAYBOOK_SELECTED, message,
+                  event=not automatic or chosen.spec.mode is PlaybookMode.dry_run)
+        if automatic:
             self.condition(c.APPROVED, ConditionStatus.true, c.APPROVAL_NOT_REQUIRED,
                            "the playbook runs without approval")
         else:
@@ -534,7 +540,8 @@ class Run:
             kube=self.engine.kube, config=self.engine.config, incident=self.ref,
             target=self.spec.target, step=step.step, labels=dict(self.spec.labels or {}),
             now=self.now, incident_spec=self.spec,
-            playbook=f"{playbook.namespace}/{playbook.name}" if playbook else "")
+            playbook=f"{playbook.namespace}/{playbook.name}" if playbook else "",
+            seen=self._seen.setdefault(step.step, {}))
 
     def _prepare(self, index: int) -> tuple[Action, Any, Any] | None:
         """Prepare step ``index`` and judge it; None when it was refused or failed."""

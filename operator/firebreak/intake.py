@@ -75,6 +75,7 @@ RETRY_SECONDS = 5.0
 CONFLICT_RETRIES = 20
 LOCK_STRIPES = 64
 RECENT_LIMIT = 10_000
+OWNERS_LIMIT = 4_096
 SIGNAL_TIMES_LIMIT = 16
 WORKLOAD_KIND_LABEL = "firebreak.dev/workload-kind"
 WORKLOAD_NAME_LABEL = "firebreak.dev/workload-name"
@@ -142,6 +143,9 @@ class Intake:
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._recent_lock = threading.Lock()
+        # The controller of each ReplicaSet read, by its uid: a ReplicaSet's Deployment
+        # stays its Deployment, so a burst about one workload reads it once.
+        self._owners: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
 
     def namespace_for(self, signal: Signal) -> str:
         """Incidents live with their target, so that team playbooks can answer them;
@@ -317,9 +321,7 @@ class Intake:
                               **self._options(deadline))
             owner = controller_of(obj) if obj is not None else None
             if owner is not None and owner["kind"] == "ReplicaSet":
-                replicaset = read_object(self.kube, "ReplicaSet", target.namespace,
-                                         owner["name"], **self._options(deadline))
-                owner = (controller_of(replicaset) if replicaset is not None else None) or owner
+                owner = self._owner_of(target.namespace, owner, deadline) or owner
         except Forbidden:
             return target, labels
         if owner is None:
@@ -330,6 +332,28 @@ class Intake:
             target = target.model_copy(update={"kind": TargetKind.deployment,
                                                "name": owner["name"]})
         return target, labels
+
+    def _owner_of(self, namespace: str, replicaset: dict[str, Any],
+                  deadline: Deadline | None) -> dict[str, Any] | None:
+        """The controller of a ReplicaSet (a pod's owner reference), read once per uid."""
+        uid = replicaset.get("uid")
+        with self._recent_lock:
+            if uid and uid in self._owners:
+                self._owners.move_to_end(uid)
+                return self._owners[uid]
+        found = read_object(self.kube, "ReplicaSet", namespace, replicaset["name"],
+                            **self._options(deadline))
+        if found is None:
+            return None
+        owner = controller_of(found)
+        if owner is not None:
+            owner = {"kind": owner["kind"], "name": owner["name"]}
+        if found["metadata"].get("uid") == uid:
+            with self._recent_lock:
+                self._owners[uid] = owner
+                while len(self._owners) > OWNERS_LIMIT:
+                    self._owners.popitem(last=False)
+        return owner
 
     # --- resolved ---------------------------------------------------------------
 

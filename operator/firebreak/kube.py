@@ -163,6 +163,14 @@ def create(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         return None
 
 
+def create_raw(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    """Like ``create``, returning the stored object as the API's own JSON."""
+    try:
+        return raw(fn, *args, **kwargs)
+    except Conflict:
+        return None
+
+
 def delete(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
     """Delete an object; one already gone is success. Returns whether it existed."""
     try:

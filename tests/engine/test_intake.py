@@ -143,6 +143,26 @@ def test_a_replica_set_target_becomes_its_deployment(intake: Intake, api: Record
         "kind": "Deployment", "namespace": NS, "name": "web"}
 
 
+def test_a_replica_set_is_read_once_for_all_its_pods_until_it_is_replaced(
+        intake: Intake, api: Recorder) -> None:
+    def reads() -> int:
+        return sum(1 for m, p in api.requests if m == "GET" and "/replicasets/" in p)
+
+    for i in range(3):
+        recorded = intake.record(signal(pod=f"web-5d9c-{i}", fingerprint=f"fp-{i}"))
+        assert incident(api, recorded.name)["spec"]["labels"][WORKLOAD_NAME_LABEL] == "web"
+    assert reads() == 1
+    # The ReplicaSet deleted and made again under the same name, now owned by another
+    # Deployment: its new uid is read afresh.
+    replicaset = api.objects[("replicasets", NS, "web-5d9c")]
+    replicaset["metadata"]["uid"] = "uid-new"
+    replicaset["metadata"]["ownerReferences"][0]["name"] = "web-v2"
+    api.objects[("pods", NS, "web-5d9c-0")]["metadata"]["ownerReferences"][0]["uid"] = "uid-new"
+    recorded = intake.record(signal(fingerprint="fp-again"))
+    assert incident(api, recorded.name)["spec"]["labels"][WORKLOAD_NAME_LABEL] == "web-v2"
+    assert reads() == 2
+
+
 def test_a_target_it_may_not_read_is_stored_as_given(intake: Intake, api: Recorder) -> None:
     api.fail("get", "pods", 403, "pods is forbidden")
     recorded = intake.record(signal())

@@ -47,7 +47,8 @@ def test_steps_run_in_order_each_recorded_before_the_next(api: Recorder, engine:
     engine.reconcile(NS, "miner", [playbook("contain", ISOLATE, CORDON, SCALE)])
 
     assert api.written() == [
-        "create events shop/miner.00001",                     # PlaybookSelected
+        # No Event for the playbook chosen: the steps run at once, and their outcome's
+        # Event follows.
         STATUS,                                               # triaged; isolate Running
         "create networkpolicies shop/firebreak-quarantine-miner",
         "patch pods shop/web-5d9c-0",
@@ -55,7 +56,7 @@ def test_steps_run_in_order_each_recorded_before_the_next(api: Recorder, engine:
         "patch nodes node-a",
         STATUS,                                               # cordon Applied; stop Running
         "patch deployments/scale shop/web",
-        "create events shop/miner.00002",                     # StepsApplied
+        "create events shop/miner.00001",                     # StepsApplied
         STATUS,                                               # stop Applied; Contained
     ]
     # Each status write holds the decision of the step about to run.
@@ -114,8 +115,7 @@ def test_a_refused_step_aborts_and_skips_the_rest(api: Recorder, engine: Engine)
     assert status(api)["phase"] == "Failed"
     assert condition(api, "Contained")["reason"] == "StepFailed"
     assert api.written() == [
-        "create events shop/miner.00001",  # PlaybookSelected
-        "create events shop/miner.00002",  # StepRefused
+        "create events shop/miner.00001",  # StepRefused
         STATUS,
     ]
 

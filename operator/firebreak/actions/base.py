@@ -118,6 +118,10 @@ class ActionContext:
     # What a step that speaks about the incident (notify) says: its spec and playbook.
     incident_spec: SecurityIncidentSpec | None = None
     playbook: str = ""
+    # What ``prepare`` read, for the ``apply`` that follows it in the same run (a few
+    # milliseconds later, after the decision is recorded): apply reads again only what
+    # is not here. Empty when apply resumes a decision recorded by an earlier run.
+    seen: dict[str, Any] = field(default_factory=dict)
 
     def managed_labels(self) -> dict[str, str]:
         return {**MANAGED_BY, INCIDENT_LABEL: self.incident.key,

@@ -55,7 +55,7 @@ from ..isolation import (
     with_exclusion,
     without_exclusion,
 )
-from ..kube import Conflict, Invalid, Kube, NotFound, create, delete, raw, read_raw
+from ..kube import Conflict, Invalid, Kube, NotFound, create_raw, delete, raw, read_raw
 from .base import (
     INCIDENT_LABEL,
     INCIDENT_NAMESPACE_LABEL,
@@ -329,6 +329,8 @@ class IsolateNetwork(Action):
         policy = policy_name(ctx)
         quarantine = _Quarantine.read(ctx, params, namespace, policy, [
             _labelled(ctx, pod, entry) for pod, entry in zip(pods, record_pods, strict=True)])
+        ctx.seen.update(pods={p["metadata"]["name"]: p for p in pods},
+                        policies=list(quarantine.policies))
         # Judged as if the quarantine were in place: its own policy, as it will be.
         quarantine.policies = [p for p in quarantine.policies
                                if p["metadata"]["name"] != policy]
@@ -369,14 +371,24 @@ class IsolateNetwork(Action):
     def apply(self, ctx: ActionContext, params: IsolateNetworkParams,
               record: IsolateNetworkRecord) -> Applied:
         namespace = record.namespace
-        self._ensure_policy(ctx, params, record)
-        current = {e.name: read_raw(ctx.kube.core.read_namespaced_pod, e.name, namespace)
+        _, own = self._ensure_policy(ctx, params, record)
+        # What this run's prepare read a moment ago serves, else the API: a pod or a
+        # policy that changed since is put right by ``hold`` (the policy watch).
+        seen_pods = ctx.seen.get("pods") or {}
+        current = {e.name: seen_pods[e.name] if e.name in seen_pods
+                   else read_raw(ctx.kube.core.read_namespaced_pod, e.name, namespace)
                    for e in record.pods}
         live = [(e, p) for e, p in ((e, current[e.name]) for e in record.pods)
                 if p is not None and p["metadata"]["uid"] == e.uid]
         _refuse_host_network([p for _, p in live])
-        quarantine = _Quarantine.read(ctx, params, namespace, record.policy,
-                                      [_labelled(ctx, p, e) for e, p in live])
+        views = [_labelled(ctx, p, e) for e, p in live]
+        seen_policies = ctx.seen.get("policies")
+        if seen_policies is not None and own is not None:
+            quarantine = _Quarantine(ctx, params, namespace, record.policy, [
+                *(p for p in seen_policies if p["metadata"]["name"] != record.policy), own],
+                views)
+        else:
+            quarantine = _Quarantine.read(ctx, params, namespace, record.policy, views)
         # Out of every other policy first: labelling then moves each pod from those
         # policies into the quarantine in one write.
         quarantine.exclude()
@@ -403,7 +415,7 @@ class IsolateNetwork(Action):
              record: IsolateNetworkRecord) -> Held:
         namespace = record.namespace
         changes = []
-        if self._ensure_policy(ctx, params, record, restore=True):
+        if self._ensure_policy(ctx, params, record, restore=True)[0]:
             changes.append(f"restored NetworkPolicy {namespace}/{record.policy}, which had been "
                            f"deleted or changed")
         entries = list(record.pods)
@@ -451,20 +463,23 @@ class IsolateNetwork(Action):
         return Held(record=updated, changes=changes, verdict=verdict)
 
     def _ensure_policy(self, ctx: ActionContext, params: IsolateNetworkParams,
-                       record: IsolateNetworkRecord, restore: bool = False) -> bool:
+                       record: IsolateNetworkRecord, restore: bool = False
+                       ) -> tuple[bool, Obj | None]:
         """Create the quarantine policy, or check that the one there is ours (by the
         incident's UID, which no one else can give it). With ``restore``, put back a
-        policy that was deleted or edited; returns whether anything was written."""
+        policy that was deleted or edited. Returns whether anything was written, and
+        the policy as stored (None when not known)."""
         namespace = record.namespace
         body = build_isolation_policy(record.policy, namespace, ctx.incident.key, params,
                                       ctx.managed_labels(), ctx.incident.uid)
-        if create(ctx.kube.networking.create_namespaced_network_policy, namespace, body) \
-                is not None:
-            return True
+        created = create_raw(ctx.kube.networking.create_namespaced_network_policy, namespace,
+                             body)
+        if created is not None:
+            return True, created
         existing = read_raw(ctx.kube.networking.read_namespaced_network_policy,
                             record.policy, namespace)
         if existing is None:
-            return False
+            return False, None
         owner = (existing["metadata"].get("annotations") or {}).get(OWNER_ANNOTATION)
         if owner != ctx.incident.uid:
             labels = existing["metadata"].get("labels") or {}
@@ -475,12 +490,13 @@ class IsolateNetwork(Action):
                      else "was not made by this incident")
             raise ActionRefused(f"NetworkPolicy {namespace}/{record.policy} {whose}")
         if restore and _pruned(existing.get("spec")) != _pruned(body["spec"]):
-            raw(ctx.kube.networking.patch_namespaced_network_policy, record.policy, namespace,
-                [{"op": "test", "path": "/metadata/resourceVersion",
-                  "value": existing["metadata"]["resourceVersion"]},
-                 {"op": "replace", "path": "/spec", "value": body["spec"]}])
-            return True
-        return False
+            restored = raw(ctx.kube.networking.patch_namespaced_network_policy, record.policy,
+                           namespace,
+                           [{"op": "test", "path": "/metadata/resourceVersion",
+                             "value": existing["metadata"]["resourceVersion"]},
+                            {"op": "replace", "path": "/spec", "value": body["spec"]}])
+            return True, restored
+        return False, existing
 
     @staticmethod
     def _label(ctx: ActionContext, namespace: str, entry: QuarantinedPod) -> bool:
