@@ -7,7 +7,7 @@ aliases; Python code uses snake_case.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from string import Template
 from typing import Any, Literal
@@ -25,6 +25,29 @@ FINALIZER = f"{GROUP}/finalizer"
 # Set by intake on an incident with nothing to act on: why its target was dropped, or
 # that its namespace does not exist.
 TARGET_PROBLEM_ANNOTATION = f"{GROUP}/target-problem"
+# Set by intake on the incident it creates: when the signal arrived and, when the
+# signal carries one, its own time. The creation counts that signal; the status's
+# signal fields record it from the first status write on (see ``signal_fields``).
+FIRST_SEEN_ANNOTATION = f"{GROUP}/first-seen"
+SIGNAL_TIME_ANNOTATION = f"{GROUP}/signal-time"
+SIGNAL_FIELDS = ("signalCount", "firstSeen", "lastSeen", "signalTimes")
+
+
+def signal_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An incident's signal fields (``status.signalCount`` and the rest) as they stand:
+    the status's, or, before any status was written, those its creation implies (one
+    signal, when it arrived). Empty for an incident no signal made."""
+    status = body.get("status") or {}
+    if status.get("signalCount") is not None:
+        return {k: status[k] for k in SIGNAL_FIELDS if k in status}
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    first = annotations.get(FIRST_SEEN_ANNOTATION)
+    if not first:
+        return {}
+    fields: dict[str, Any] = {"signalCount": 1, "firstSeen": first, "lastSeen": first}
+    if annotations.get(SIGNAL_TIME_ANNOTATION):
+        fields["signalTimes"] = [annotations[SIGNAL_TIME_ANNOTATION]]
+    return fields
 
 
 class Model(BaseModel):

@@ -59,6 +59,7 @@ from .api import (
     SecurityIncidentStatus,
     StepState,
     TimelineEntry,
+    signal_fields,
 )
 from .budget import Budget
 from .config import OperatorConfig
@@ -281,7 +282,8 @@ class Run:
 
     def persist(self) -> None:
         """Write the status if it changed, on the version this run read (see the module
-        docstring). Fields owned by intake (signal counts) are never written here."""
+        docstring). Fields owned by intake (signal counts) are written only once, by
+        the first write, as the incident's creation implies them (see ``_write``)."""
         patch = self._status_patch()
         if patch != self._persisted:
             self._write(patch)
@@ -291,13 +293,18 @@ class Run:
 
     def _write(self, patch: dict[str, Any]) -> None:
         meta = self.body["metadata"]
+        current = self.body
         for _ in range(CONFLICT_RETRIES):
+            # The first status write also records the signal that created the incident
+            # (intake's fields, as the creation implies them): one write less per incident.
+            first = {} if (current.get("status") or {}).get("signalCount") is not None \
+                else signal_fields(current)
             try:
                 written = cast(dict[str, Any], call(
                     self.engine.kube.custom.patch_namespaced_custom_object_status,
                     GROUP, VERSION, self.ref.namespace, INCIDENT_PLURAL, self.ref.name,
                     {"metadata": {"resourceVersion": meta["resourceVersion"]},
-                     "status": patch}))
+                     "status": {**first, **patch}}))
             except Conflict as exc:
                 fresh = self.engine.read(self.ref.namespace, self.ref.name)
                 if fresh is None:
@@ -305,6 +312,7 @@ class Run:
                 if Run(self.engine, fresh)._persisted != self._persisted:
                     raise Superseded("its record was changed by another writer") from exc
                 meta["resourceVersion"] = fresh["metadata"]["resourceVersion"]
+                current = fresh
                 continue
             meta["resourceVersion"] = written["metadata"]["resourceVersion"]
             previous, self._persisted = self._persisted, patch
@@ -735,9 +743,10 @@ class Run:
 
     def _seconds_since_first_signal(self) -> float:
         first = self.status.first_seen
-        if first is None:
-            created = self.body["metadata"].get("creationTimestamp")
-            first = dt.datetime.fromisoformat(created) if created else self.now
+        if first is None:  # before the first status write: as the creation says
+            seen = signal_fields(self.body).get("firstSeen") \
+                or self.body["metadata"].get("creationTimestamp")
+            first = dt.datetime.fromisoformat(seen) if seen else self.now
         return round(max(0.0, (self.now - first).total_seconds()), 3)
 
     # --- resolution ---------------------------------------------------------------

@@ -43,13 +43,16 @@ from . import metrics
 from .actions.workloads import controller_of, read_object
 from .api import (
     FINALIZER,
+    FIRST_SEEN_ANNOTATION,
     GROUP,
     INCIDENT_PLURAL,
     PLAYBOOK_PLURAL,
+    SIGNAL_TIME_ANNOTATION,
     TARGET_PROBLEM_ANNOTATION,
     VERSION,
     ReleasePolicy,
     TargetKind,
+    signal_fields,
 )
 from .config import OperatorConfig
 from .kube import (
@@ -194,11 +197,16 @@ class Intake:
             name = base if generation == 1 else f"{base}-{generation}"
             existing = None if fresh and generation == 1 else self._read(namespace, name, deadline)
             if existing is None:
+                annotations = {**body["metadata"].get("annotations", {}),
+                               FIRST_SEEN_ANNOTATION: _timestamp(now)}
+                if time_ is not None:
+                    annotations[SIGNAL_TIME_ANNOTATION] = time_
                 try:
                     created = cast(dict[str, Any] | None, create(
                         self.kube.custom.create_namespaced_custom_object, GROUP, VERSION,
                         namespace, INCIDENT_PLURAL,
-                        {**body, "metadata": {**body["metadata"], "name": name}},
+                        {**body, "metadata": {**body["metadata"], "name": name,
+                                              "annotations": annotations}},
                         **self._options(deadline)))
                 except NotFound as exc:
                     # The API server's own words for a namespace that does not exist
@@ -208,14 +216,14 @@ class Intake:
                         raise
                     return self._fire(self._elsewhere(prepared), deadline)
                 if created is not None:
-                    self._count(namespace, name, now, time_, created, deadline)
+                    # Counted by its creation (the annotations): no status write here.
                     return Recorded(namespace, name, "created")
                 existing = self._read(namespace, name, deadline)  # another delivery won
                 if existing is None:
                     continue
             if (existing.get("spec") or {}).get("resolution"):
-                if time_ is not None and \
-                        time_ in ((existing.get("status") or {}).get("signalTimes") or []):
+                if time_ is not None and time_ in (signal_fields(existing).get("signalTimes")
+                                                   or []):
                     # The very firing a person resolved, repeated (Alertmanager's
                     # repeat_interval, a retry): the resolution covers it.
                     return Recorded(namespace, name, "repeated")
@@ -256,18 +264,23 @@ class Intake:
         """Add one to signalCount (first/lastSeen too), retrying on write conflicts;
         False when this signal's time was counted already (only lastSeen moves)."""
         for _ in range(CONFLICT_RETRIES):
-            status = current.get("status") or {}
+            # Before any status write, the fields its creation implies (one signal).
+            status = signal_fields(current)
             times = list(status.get("signalTimes") or [])
             repeat = time_ is not None and time_ in times
+            if not repeat and time_ is not None:
+                times = [*times, time_][-SIGNAL_TIMES_LIMIT:]
+            fields: dict[str, Any] = {
+                "signalCount": int(status.get("signalCount") or 0) + (0 if repeat else 1),
+                "firstSeen": status.get("firstSeen") or _timestamp(now),
+                "lastSeen": _timestamp(now),
+            }
+            if times:
+                fields["signalTimes"] = times
             patch: dict[str, Any] = {
                 "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
-                "status": {"firstSeen": status.get("firstSeen") or _timestamp(now),
-                           "lastSeen": _timestamp(now)},
+                "status": fields,
             }
-            if not repeat:
-                patch["status"]["signalCount"] = int(status.get("signalCount") or 0) + 1
-                if time_ is not None:
-                    patch["status"]["signalTimes"] = [*times, time_][-SIGNAL_TIMES_LIMIT:]
             try:
                 call(self.kube.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
                      namespace, INCIDENT_PLURAL, name, patch, **self._options(deadline))
@@ -321,7 +334,7 @@ class Intake:
                               **self._options(deadline))
             owner = controller_of(obj) if obj is not None else None
             if owner is not None and owner["kind"] == "ReplicaSet":
-                owner = self._owner_of(target.namespace, owner, deadline) or owner
+                owner = self._owner_of(target.namespace or "", owner, deadline) or owner
         except Forbidden:
             return target, labels
         if owner is None:

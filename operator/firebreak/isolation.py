@@ -219,8 +219,8 @@ def is_allowance(rule: Obj, direction: Direction, allowances: Allowances) -> boo
         return all(_names_namespace(peer.get("namespaceSelector"),
                                     allowances.forensics_namespace) for peer in peers)
     # Every pod the peer selects carries the DNS labels (any pod, when they are none).
-    dns_pods = [{"matchLabels": dict(allowances.dns_selector)}] if allowances.dns_selector \
-        else [None, {}, {"matchLabels": {}}]
+    dns_pods: list[Obj | None] = [{"matchLabels": dict(allowances.dns_selector)}] \
+        if allowances.dns_selector else [None, {}, {"matchLabels": {}}]
     ports = rule.get("ports") or []
     return bool(ports) and all(
         _names_namespace(peer.get("namespaceSelector"), allowances.dns_namespace)

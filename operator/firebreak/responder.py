@@ -26,6 +26,7 @@ from .api import (
     EvidenceStored,
     SecurityIncidentSpec,
     SecurityIncidentStatus,
+    signal_fields,
 )
 from .kube import ApiError, Kube, NotFound, call, raw
 
@@ -163,8 +164,10 @@ class Session:
 
 def _status(body: dict[str, Any]) -> SecurityIncidentStatus:
     known = {f.alias for f in SecurityIncidentStatus.model_fields.values() if f.alias}
+    # The signal counts as they stand, those the creation implies included.
     return SecurityIncidentStatus.model_validate(
-        {k: v for k, v in (body.get("status") or {}).items() if k in known})
+        {**{k: v for k, v in (body.get("status") or {}).items() if k in known},
+         **signal_fields(body)})
 
 
 # --- rendering ---------------------------------------------------------------------------

@@ -9,13 +9,22 @@ import datetime as dt
 
 import pytest
 
-from firebreak.api import FINALIZER, Target, TargetKind
+from firebreak.api import FINALIZER, FIRST_SEEN_ANNOTATION, Target, TargetKind
 from firebreak.config import OperatorConfig
 from firebreak.intake import WORKLOAD_KIND_LABEL, WORKLOAD_NAME_LABEL, Intake
 from firebreak.kube import PermanentApiError, TemporaryApiError
 from firebreak.sources.signal import SignalStatus, incident_name
 from tests.engine.recorder import Recorder
-from tests.engine.world import NS, OPERATOR_NS, Clock, add_app, alert_signal, incident, status
+from tests.engine.world import (
+    NS,
+    OPERATOR_NS,
+    Clock,
+    add_app,
+    alert_signal,
+    incident,
+    signals,
+    status,
+)
 
 signal = alert_signal
 
@@ -29,23 +38,24 @@ def intake(api: Recorder, clock: Clock) -> Intake:
     return Intake(api.kube(), OperatorConfig(namespace=OPERATOR_NS), clock=clock, retry_for=0)
 
 
-def test_a_first_delivery_creates_the_incident_with_its_finalizer_then_counts(
+def test_a_first_delivery_is_one_create_that_counts_itself(
         intake: Intake, api: Recorder) -> None:
     recorded = intake.record(signal())
     assert (recorded.namespace, recorded.name, recorded.outcome) == (NS, NAME, "created")
-    assert api.written() == [f"create securityincidents {NS}/{NAME}",
-                             f"patch securityincidents/status {NS}/{NAME}"]
-    create, count = api.writes
+    assert api.written() == [f"create securityincidents {NS}/{NAME}"]
+    (create,) = api.writes
     assert create.body["metadata"]["finalizers"] == [FINALIZER]
     assert create.body["spec"]["target"] == {"kind": "Pod", "namespace": NS,
                                              "name": "web-5d9c-0"}
     assert create.body["spec"]["labels"] == {
         "alertname": "CryptoMiner", WORKLOAD_KIND_LABEL: "Deployment",
         WORKLOAD_NAME_LABEL: "web"}
-    # The count carries the resourceVersion the create returned: a precondition.
-    assert set(count.body["metadata"]) == {"resourceVersion"}
-    assert count.body["status"] == {"signalCount": 1, "firstSeen": "2025-03-01T12:00:00Z",
-                                    "lastSeen": "2025-03-01T12:00:00Z"}
+    # No status write: the creation is the first signal, and says when it came.
+    assert create.body["metadata"]["annotations"] == {
+        FIRST_SEEN_ANNOTATION: "2025-03-01T12:00:00Z"}
+    assert "status" not in incident(api, NAME)
+    assert signals(api, NAME) == {"signalCount": 1, "firstSeen": "2025-03-01T12:00:00Z",
+                                  "lastSeen": "2025-03-01T12:00:00Z"}
 
 
 def test_a_repeated_delivery_reads_and_counts(intake: Intake, api: Recorder,
@@ -54,7 +64,9 @@ def test_a_repeated_delivery_reads_and_counts(intake: Intake, api: Recorder,
     clock.advance(30)
     again = intake.record(signal())
     assert again.outcome == "updated"
-    assert api.written()[2:] == [f"patch securityincidents/status {NS}/{NAME}"]
+    assert api.written()[1:] == [f"patch securityincidents/status {NS}/{NAME}"]
+    # Written with the resourceVersion read: a precondition.
+    assert set(api.writes[1].body["metadata"]) == {"resourceVersion"}
     assert status(api, NAME) == {"signalCount": 2, "firstSeen": "2025-03-01T12:00:00Z",
                                  "lastSeen": "2025-03-01T12:00:30Z"}
 
@@ -65,7 +77,7 @@ def test_a_fresh_intake_that_loses_the_create_race_counts_on_the_winner(
     other = Intake(api.kube(), OperatorConfig(namespace=OPERATOR_NS), clock=clock, retry_for=0)
     assert other.record(signal()).outcome == "updated"  # 409 on create, then read
     assert status(api, NAME)["signalCount"] == 2
-    assert len(api.written("securityincidents")) == 3  # the refused create wrote nothing
+    assert len(api.written("securityincidents")) == 2  # the refused create wrote nothing
 
 
 def test_a_conflicting_count_is_read_again_and_retried(intake: Intake, api: Recorder) -> None:
@@ -85,12 +97,12 @@ def test_a_firing_after_resolution_opens_a_successor(intake: Intake, api: Record
     again = intake.record(signal())
     assert (again.name, again.outcome) == (f"{NAME}-2", "created")
     assert intake.record(signal()).name == f"{NAME}-2"
-    assert status(api, NAME)["signalCount"] == 1
+    assert signals(api, NAME)["signalCount"] == 1
 
 
 def test_a_repeat_of_the_resolved_firing_opens_nothing_a_new_firing_does(
         intake: Intake, api: Recorder, clock: Clock) -> None:
-    started = dt.datetime(2025, 3, 1, 11, 59, tzinfo=dt.timezone.utc)
+    started = dt.datetime(2025, 3, 1, 11, 59, tzinfo=dt.UTC)
     intake.record(signal(time=started))
     api.objects[("securityincidents", NS, NAME)]["spec"]["resolution"] = {"reason": "ours"}
     writes = len(api.writes)
@@ -103,7 +115,7 @@ def test_a_repeat_of_the_resolved_firing_opens_nothing_a_new_firing_does(
     assert (again.name, again.outcome) == (f"{NAME}-2", "created")
     # The old firing repeated once more still belongs to the resolved incident.
     assert intake.record(signal(time=started)).name == NAME
-    assert status(api, f"{NAME}-2")["signalCount"] == 1
+    assert signals(api, f"{NAME}-2")["signalCount"] == 1
 
 
 def test_a_resolved_signal_releases_only_when_the_playbook_says_so(
@@ -113,8 +125,8 @@ def test_a_resolved_signal_releases_only_when_the_playbook_says_so(
     assert api.writes == []
 
     intake.record(signal())
-    api.objects[("securityincidents", NS, NAME)]["status"]["playbook"] = {
-        "name": "auto", "namespace": NS}
+    api.objects[("securityincidents", NS, NAME)]["status"] = {"playbook": {
+        "name": "auto", "namespace": NS}}
     assert intake.record(resolved).outcome == "ignored"  # no such playbook
     api.add({"kind": "ResponsePlaybook", "metadata": {"name": "auto", "namespace": NS},
              "spec": {"release": "manual", "steps": []}})

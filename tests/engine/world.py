@@ -6,7 +6,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from firebreak.api import ResponsePlaybookSpec, Severity, Source, Target, TargetKind
+from firebreak.api import (
+    ResponsePlaybookSpec,
+    Severity,
+    Source,
+    Target,
+    TargetKind,
+    signal_fields,
+)
 from firebreak.matching import PlaybookCandidate
 from firebreak.sources.signal import Signal
 from tests.engine.recorder import Obj, Recorder
@@ -109,6 +116,12 @@ def incident(api: Recorder, name: str = "miner", namespace: str = NS) -> Obj:
 
 def status(api: Recorder, name: str = "miner", namespace: str = NS) -> dict[str, Any]:
     return incident(api, name, namespace).get("status") or {}
+
+
+def signals(api: Recorder, name: str = "miner", namespace: str = NS) -> dict[str, Any]:
+    """The incident's signal fields as they stand (before any status write: as its
+    creation implies them)."""
+    return signal_fields(incident(api, name, namespace))
 
 
 def states(api: Recorder, name: str = "miner", namespace: str = NS) -> dict[str, str]:
