@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from .actions.base import INCIDENT_LABEL, INCIDENT_NAMESPACE_LABEL
 from .api import FINALIZER, ActionName, StepState
 from .engine import Engine, RetryLater
 from .kube import ApiError
@@ -67,6 +68,18 @@ def quarantines_of(body: dict[str, Any]) -> dict[str, HeldQuarantine]:
             held[record["namespace"]] = HeldQuarantine(
                 meta["namespace"], meta["name"], meta.get("uid", ""), record.get("policy", ""))
     return held
+
+
+def quarantined_pods(body: dict[str, Any], namespace: str) -> set[str]:
+    """The uids of every pod an incident's isolateNetwork steps recorded in a namespace,
+    whatever became of them since (decided, applied, or reverted)."""
+    uids: set[str] = set()
+    for step in (body.get("status") or {}).get("actions") or []:
+        record = step.get("revert") or {}
+        if step.get("action") == ActionName.isolate_network.value \
+                and record.get("namespace") == namespace:
+            uids.update(str(p.get("uid")) for p in record.get("pods") or [])
+    return uids
 
 
 def _version(body: dict[str, Any]) -> int | None:
@@ -144,6 +157,22 @@ class Controller:
             self._store[key] = body
             if seen is not None:
                 self._written[key] = seen
+
+    def concerns(self, held: HeldQuarantine, quarantine: dict[str, Any]) -> bool:
+        """Whether another incident's quarantine policy may change what ``held``'s
+        quarantine lets through: only a pod both quarantine is selected by both, so
+        they must share one (or what either holds is not known here)."""
+        meta = quarantine["metadata"]
+        labels = meta.get("labels") or {}
+        namespace = meta.get("namespace") or ""
+        other_key = (INCIDENT, labels.get(INCIDENT_NAMESPACE_LABEL, ""),
+                     labels.get(INCIDENT_LABEL, ""))
+        with self._lock:
+            other = self._store.get(other_key)
+            mine = self._store.get((INCIDENT, held.namespace, held.name))
+        if other is None or mine is None:
+            return True
+        return bool(quarantined_pods(other, namespace) & quarantined_pods(mine, namespace))
 
     def want_hold(self, namespace: str, name: str, after: float = 0.0) -> None:
         """Check this incident's quarantine (a NetworkPolicy near it changed), now or

@@ -264,11 +264,16 @@ async def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
     assert quarantines is not None
     meta = body.get("metadata") or {}
     owner = (meta.get("annotations") or {}).get(OWNER_ANNOTATION)
+    controller = services(memo).controller
     for held in quarantines.get(str(meta.get("namespace")), []):
-        if type in (None, "ADDED") and meta.get("name") == held.policy and owner == held.uid:
-            continue  # its own policy, as it made it
-        # Another incident's quarantine policy (a burst of incidents in one namespace
-        # makes one per incident): checked within a second, once for the burst. Anyone
-        # else's policy: at once.
-        services(memo).controller.want_hold(held.namespace, held.name,
-                                            after=OWN_POLICY_CHECK_SECONDS if owner else 0.0)
+        if meta.get("name") == held.policy and owner == held.uid:
+            if type in (None, "ADDED"):
+                continue  # its own policy, as it made it
+        elif owner and not controller.concerns(held, dict(body)):
+            continue  # another incident's quarantine, of pods this one does not hold
+        # Another incident's quarantine policy over a pod both hold (a burst of alerts
+        # about one pod makes one per incident): checked within a second, once for the
+        # burst. Anyone else's policy, or its own changed: at once.
+        controller.want_hold(held.namespace, held.name,
+                             after=OWN_POLICY_CHECK_SECONDS if owner and owner != held.uid
+                             else 0.0)

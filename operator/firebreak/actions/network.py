@@ -415,9 +415,17 @@ class IsolateNetwork(Action):
              record: IsolateNetworkRecord) -> Held:
         namespace = record.namespace
         changes = []
-        if self._ensure_policy(ctx, params, record, restore=True)[0]:
+        # One listing serves both: whether the quarantine's own policy is there as made,
+        # and the other policies to judge it against.
+        policies = raw(ctx.kube.networking.list_namespaced_network_policy, namespace)["items"]
+        listed = next((p for p in policies if p["metadata"]["name"] == record.policy), None)
+        restored, own = self._ensure_policy(ctx, params, record, restore=True,
+                                            listed=(listed,))
+        if restored:
             changes.append(f"restored NetworkPolicy {namespace}/{record.policy}, which had been "
                            f"deleted or changed")
+        policies = [p for p in policies if p["metadata"]["name"] != record.policy] \
+            + ([own] if own is not None else [])
         entries = list(record.pods)
         pods: dict[str, Obj] = {}
         listed = raw(ctx.kube.core.list_namespaced_pod, namespace,
@@ -444,8 +452,8 @@ class IsolateNetwork(Action):
                     changes.append(f"quarantined {pod['metadata']['name']}, a new pod of the "
                                    f"workload")
         live = [(e, pods[e.uid]) for e in entries if e.uid in pods]
-        quarantine = _Quarantine.read(ctx, params, namespace, record.policy,
-                                      [_labelled(ctx, p, e) for e, p in live])
+        quarantine = _Quarantine(ctx, params, namespace, record.policy, policies,
+                                 [_labelled(ctx, p, e) for e, p in live])
         quarantine.exclude()
         changes += quarantine.changes
         for entry, pod in live:
@@ -463,21 +471,24 @@ class IsolateNetwork(Action):
         return Held(record=updated, changes=changes, verdict=verdict)
 
     def _ensure_policy(self, ctx: ActionContext, params: IsolateNetworkParams,
-                       record: IsolateNetworkRecord, restore: bool = False
-                       ) -> tuple[bool, Obj | None]:
+                       record: IsolateNetworkRecord, restore: bool = False,
+                       listed: tuple[Obj | None] | None = None) -> tuple[bool, Obj | None]:
         """Create the quarantine policy, or check that the one there is ours (by the
         incident's UID, which no one else can give it). With ``restore``, put back a
-        policy that was deleted or edited. Returns whether anything was written, and
-        the policy as stored (None when not known)."""
+        policy that was deleted or edited. ``listed``: the policy as a listing just
+        found it (``(None,)``: not there), so that it is not read again. Returns whether
+        anything was written, and the policy as stored (None when not known)."""
         namespace = record.namespace
         body = build_isolation_policy(record.policy, namespace, ctx.incident.key, params,
                                       ctx.managed_labels(), ctx.incident.uid)
-        created = create_raw(ctx.kube.networking.create_namespaced_network_policy, namespace,
-                             body)
-        if created is not None:
-            return True, created
-        existing = read_raw(ctx.kube.networking.read_namespaced_network_policy,
-                            record.policy, namespace)
+        existing = listed[0] if listed is not None else None
+        if existing is None:
+            created = create_raw(ctx.kube.networking.create_namespaced_network_policy,
+                                 namespace, body)
+            if created is not None:
+                return True, created
+            existing = read_raw(ctx.kube.networking.read_namespaced_network_policy,
+                                record.policy, namespace)
         if existing is None:
             return False, None
         owner = (existing["metadata"].get("annotations") or {}).get(OWNER_ANNOTATION)
