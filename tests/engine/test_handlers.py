@@ -382,3 +382,32 @@ async def test_another_incidents_quarantine_policy_asks_for_one_check_within_a_s
     assert (INCIDENT, NS, "miner") in queue
     assert queue.idle()  # not yet: within the second, once
     assert queue.pending() == 1
+
+
+async def test_another_incidents_quarantine_of_other_pods_asks_for_no_check(
+        api: Recorder, memo: kopf.Memo) -> None:
+    # Three incidents quarantine pods in one namespace: "miner" and "again" the same
+    # pod, "elsewhere" another one.
+    add_incident(api)
+    add_incident(api, name="again")
+    add_incident(api, name="elsewhere",
+                 target={"kind": "Pod", "namespace": NS, "name": "web-5d9c-1"})
+    for name in ("miner", "again", "elsewhere"):
+        await seen(memo, api, playbook("contain", ISOLATE), event="ADDED", name=name)
+    held = {name: handlers.quarantines(body=incident(api, name))[NS]
+            for name in ("miner", "again", "elsewhere")}
+    controller = handlers.services(memo).controller
+    # The policy of "elsewhere" selects only its own pod: nothing "miner" holds.
+    theirs = api.get("networkpolicies", NS, held["elsewhere"].policy)
+    assert theirs is not None
+    await handlers.network_policy(type="MODIFIED", body=theirs, memo=memo,
+                                  quarantines={NS: [held["miner"], held["again"]]})
+    assert (INCIDENT, NS, "miner") not in controller.queue
+    assert (INCIDENT, NS, "again") not in controller.queue
+    # The policy of "again" quarantines the pod "miner" holds too: one check.
+    ours = api.get("networkpolicies", NS, held["again"].policy)
+    assert ours is not None
+    await handlers.network_policy(type="MODIFIED", body=ours, memo=memo,
+                                  quarantines={NS: [held["miner"], held["elsewhere"]]})
+    assert (INCIDENT, NS, "miner") in controller.queue
+    assert (INCIDENT, NS, "elsewhere") not in controller.queue
