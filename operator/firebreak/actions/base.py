@@ -119,8 +119,9 @@ class ActionContext:
     incident_spec: SecurityIncidentSpec | None = None
     playbook: str = ""
     # What ``prepare`` read, for the ``apply`` that follows it in the same run (a few
-    # milliseconds later, after the decision is recorded): apply reads again only what
-    # is not here. Empty when apply resumes a decision recorded by an earlier run.
+    # milliseconds later, after the decision is recorded): apply takes it out (it
+    # serves once) and reads again only what is not here. Empty when apply resumes a
+    # decision recorded by an earlier run.
     seen: dict[str, Any] = field(default_factory=dict)
 
     def managed_labels(self) -> dict[str, str]:

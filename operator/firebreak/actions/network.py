@@ -273,6 +273,7 @@ class _Quarantine:
             selector = (policy.get("spec") or {}).get("podSelector") or {}
             wanted = change(selector)
             if wanted == selector:
+                self._replace(policy)  # as read again, when it was
                 return None
             patch = [{"op": "test", "path": "/metadata/resourceVersion",
                       "value": policy["metadata"]["resourceVersion"]},
@@ -289,11 +290,14 @@ class _Quarantine:
                     return None
                 policy = fresh
                 continue
-            self.policies = [updated if p["metadata"]["name"] == name else p
-                             for p in self.policies]
+            self._replace(updated)
             return updated
         raise ActionRefused(f"NetworkPolicy {self.namespace}/{name} kept changing while the "
                             f"quarantine tried to exclude its pods from it")
+
+    def _replace(self, policy: dict[str, Any]) -> None:
+        name = policy["metadata"]["name"]
+        self.policies = [policy if p["metadata"]["name"] == name else p for p in self.policies]
 
     def verdict(self) -> Verdict:
         found = self.findings()
@@ -374,7 +378,7 @@ class IsolateNetwork(Action):
         _, own = self._ensure_policy(ctx, params, record)
         # What this run's prepare read a moment ago serves, else the API: a pod or a
         # policy that changed since is put right by ``hold`` (the policy watch).
-        seen_pods = ctx.seen.get("pods") or {}
+        seen_pods = ctx.seen.pop("pods", None) or {}
         current = {e.name: seen_pods[e.name] if e.name in seen_pods
                    else read_raw(ctx.kube.core.read_namespaced_pod, e.name, namespace)
                    for e in record.pods}
@@ -382,7 +386,7 @@ class IsolateNetwork(Action):
                 if p is not None and p["metadata"]["uid"] == e.uid]
         _refuse_host_network([p for _, p in live])
         views = [_labelled(ctx, p, e) for e, p in live]
-        seen_policies = ctx.seen.get("policies")
+        seen_policies = ctx.seen.pop("policies", None)
         if seen_policies is not None and own is not None:
             quarantine = _Quarantine(ctx, params, namespace, record.policy, [
                 *(p for p in seen_policies if p["metadata"]["name"] != record.policy), own],
