@@ -111,6 +111,9 @@ class Engine:
     # Told of every incident body this engine wrote (the controller's store).
     written: Callable[[dict[str, Any]], None] | None = None
     budget: Budget | None = None
+    # A namespace's NetworkPolicies as the watch has them (views.PolicyView), for the
+    # actions; None: they list them from the API server.
+    policies: Callable[[str], list[dict[str, Any]] | None] | None = None
 
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -549,7 +552,7 @@ class Run:
             target=self.spec.target, step=step.step, labels=dict(self.spec.labels or {}),
             now=self.now, incident_spec=self.spec,
             playbook=f"{playbook.namespace}/{playbook.name}" if playbook else "",
-            seen=self._seen.setdefault(step.step, {}))
+            seen=self._seen.setdefault(step.step, {}), policies=self.engine.policies)
 
     def _prepare(self, index: int) -> tuple[Action, Any, Any] | None:
         """Prepare step ``index`` and judge it; None when it was refused or failed."""

@@ -52,6 +52,7 @@ from .sources.trivy import (
     signal_from_exposed_secret_report,
     signal_from_vulnerability_report,
 )
+from .views import PolicyView
 from .webhook import TokenSource, Webhook, describe_auth
 
 ALL = None  # the playbook index keeps every playbook under one key
@@ -69,6 +70,7 @@ class Services:
     intake: Intake
     events: EventPoster
     trivy: TrivyThresholds
+    policies: PolicyView | None = None  # the NetworkPolicies the watch delivered
     running: asyncio.Task[None] | None = None  # the controller's workers
     webhook: Webhook | None = None
     poller: asyncio.Task[None] | None = None
@@ -125,8 +127,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     poller = None
     if config.prometheus_url:
         poller = asyncio.create_task(PrometheusPoller(config, intake).run())
+    policies = PolicyView()
     engine = Engine(kube=kube, config=config, actions=registry(), emit=events,
-                    budget=Budget(config.budget_per_minute))
+                    budget=Budget(config.budget_per_minute), policies=policies.in_namespace)
     elector = None
     if config.lease_seconds > 0:
         elector = Elector(kube, config.namespace, identity, config.lease_seconds)
@@ -139,6 +142,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         controller=controller,
         intake=intake,
         events=events,
+        policies=policies,
         trivy=TrivyThresholds(min_severity=config.trivy_min_severity,
                               require_fix=config.trivy_require_fix,
                               min_count=config.trivy_min_count,
@@ -237,7 +241,12 @@ async def incident(type: str | None, body: kopf.Body, memo: kopf.Memo,
     Kopf calls this only once the playbook index is complete, so no incident is
     matched against half the playbooks."""
     assert playbooks is not None  # Kopf passes the index by name
-    controller = services(memo).controller
+    found = services(memo)
+    controller = found.controller
+    if found.policies is not None:
+        # Kopf calls this only once every index (the policies' too) has its first
+        # listing: the view of the policies is complete from now on.
+        found.policies.mark_synced()
     index = playbooks
     controller.playbooks = lambda: list(index.get(ALL, []))
     controller.observe(INCIDENT, type, _plain(body))
@@ -255,6 +264,16 @@ def quarantines(body: kopf.Body, **_: Any) -> dict[str, HeldQuarantine]:
     return quarantines_of(dict(body))
 
 
+@kopf.index("networking.k8s.io", "v1", "networkpolicies")
+def policy_view(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every policy the watch delivers goes into the operator's view of them
+    (views.py); as an index, its first listing is complete before any incident is
+    handled. Nothing is kept in Kopf's own index."""
+    found = services(memo).policies
+    if found is not None:
+        found.upsert(body)
+
+
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies")
 async def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
                          quarantines: kopf.Index[str, HeldQuarantine] | None = None,
@@ -263,6 +282,12 @@ async def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
     incident there puts its quarantine back and judges it again, at once."""
     assert quarantines is not None
     meta = body.get("metadata") or {}
+    view = services(memo).policies
+    if view is not None:
+        if type == "DELETED":
+            view.remove(str(meta.get("namespace")), str(meta.get("name")))
+        else:  # the index saw it first; the latest delivered wins either way
+            view.upsert(body)
     owner = (meta.get("annotations") or {}).get(OWNER_ANNOTATION)
     controller = services(memo).controller
     for held in quarantines.get(str(meta.get("namespace")), []):

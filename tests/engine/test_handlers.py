@@ -22,6 +22,7 @@ from firebreak.events import EventPoster, post_event
 from firebreak.intake import Intake
 from firebreak.readiness import PlaybookReadiness
 from firebreak.sources.trivy import TrivyThresholds
+from firebreak.views import PolicyView
 from tests.engine.recorder import Recorder
 from tests.engine.world import (
     NS,
@@ -85,6 +86,7 @@ async def memo(api: Recorder, clock: Clock, switch: Switch) -> AsyncIterator[kop
     found[handlers.SERVICES] = handlers.Services(
         config=config, engine=engine, controller=controller,
         intake=Intake(kube, config, clock=clock, retry_for=0), events=events,
+        policies=PolicyView(),
         trivy=TrivyThresholds(min_severity="CRITICAL", require_fix=True, min_count=1),
         running=asyncio.create_task(controller.run()))
     yield found
@@ -411,3 +413,22 @@ async def test_another_incidents_quarantine_of_other_pods_asks_for_no_check(
                                   quarantines={NS: [held["miner"], held["elsewhere"]]})
     assert (INCIDENT, NS, "miner") in controller.queue
     assert (INCIDENT, NS, "elsewhere") not in controller.queue
+
+
+async def test_the_policy_watch_feeds_the_view_which_answers_once_incidents_are_handled(
+        api: Recorder, memo: kopf.Memo) -> None:
+    view = handlers.services(memo).policies
+    assert view is not None
+    allow = {"metadata": {"name": "allow", "namespace": NS, "resourceVersion": "5"},
+             "spec": {"podSelector": {}}}
+    handlers.policy_view(body=allow, memo=memo)
+    assert view.in_namespace(NS) is None  # the first listing may still be arriving
+    # Kopf hands over incidents only once every index has its first listing.
+    add_incident(api)
+    await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
+    assert [p["metadata"]["name"] for p in view.in_namespace(NS) or []] == ["allow"]
+    changed = {**allow, "metadata": {**allow["metadata"], "resourceVersion": "6"}}
+    await handlers.network_policy(type="MODIFIED", body=changed, memo=memo, quarantines={})
+    assert [p["metadata"]["resourceVersion"] for p in view.in_namespace(NS) or []] == ["6"]
+    await handlers.network_policy(type="DELETED", body=changed, memo=memo, quarantines={})
+    assert view.in_namespace(NS) == []

@@ -4,6 +4,7 @@ from other policies, and holding the quarantine against later changes."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from firebreak.actions.network import (
     quarantine_label,
 )
 from firebreak.actions.workloads import DETACHED_FROM, top_workload
+from firebreak.views import PolicyView
 from tests.helpers import running_pods, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -344,3 +346,43 @@ def test_a_pod_replaced_under_the_same_name_is_not_quarantined(
     assert f"gone before labelling: {pod.metadata.name}" in applied.message
     labels = core.read_namespaced_pod(pod.metadata.name, namespace).metadata.labels
     assert quarantine_label(ctx.incident.key) not in labels
+
+
+def test_from_the_watchs_view_it_excludes_holds_and_catches_up_with_what_it_had_not_seen(
+    make_app: Callable[..., list[client.V1Pod]], make_context: Callable[..., ActionContext],
+    api_client: client.ApiClient, namespace: str,
+) -> None:
+    (pod,) = make_app("web", 1)
+    networking = client.NetworkingV1Api(api_client)
+    _policy(networking, namespace, "allow-web", ALLOW_ALL)
+    view = PolicyView()
+
+    def deliver() -> None:  # what the operator's watch delivers: every policy as stored
+        for policy in networking.list_namespaced_network_policy(
+                namespace, _preload_content=False).json()["items"]:
+            view.upsert(policy)
+
+    deliver()
+    view.mark_synced()
+    ctx = replace(make_context("Pod", pod.metadata.name), policies=view.in_namespace)
+    params = IsolateNetworkParams()
+    applied = ACTION.apply(ctx, params, ACTION.prepare(ctx, params).record)
+    assert applied.verdict is not None and applied.verdict.holds, applied.verdict
+    assert [e.name for e in applied.record.excluded or []] == ["allow-web"]
+
+    # The view lags: it still holds allow-web as it was before the exclusion, and its
+    # quarantine policy not at all. Holding costs a refused write, and judges right.
+    quiet = ACTION.hold(ctx, params, applied.record)
+    assert quiet.changes == [] and quiet.verdict.holds, quiet.verdict
+    # A late policy the view has not seen yet is not judged; once delivered, it is
+    # excluded, as the policy watch would have asked for.
+    _policy(networking, namespace, "late-allow", {"podSelector": {}, "policyTypes": ["Egress"],
+                                                   "egress": [{}]})
+    assert ACTION.hold(ctx, params, applied.record).changes == []
+    deliver()
+    held = ACTION.hold(ctx, params, applied.record)
+    assert held.changes == [
+        f"excluded the quarantined pods from NetworkPolicy {namespace}/late-allow"]
+    assert held.verdict.holds, held.verdict
+    late = networking.read_namespaced_network_policy("late-allow", namespace)
+    assert late.spec.pod_selector.match_expressions[0].operator == "DoesNotExist"

@@ -61,6 +61,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "sources/prometheus.py": _SOURCE_TESTS,
     "sources/signal.py": _SOURCE_TESTS,
     "sources/trivy.py": _SOURCE_TESTS,
+    "views.py": ("tests/unit/test_views.py",),
 }
 
 # Imported once by the parent so that each child only re-imports Firebreak and the tests.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -123,6 +124,9 @@ class ActionContext:
     # serves once) and reads again only what is not here. Empty when apply resumes a
     # decision recorded by an earlier run.
     seen: dict[str, Any] = field(default_factory=dict)
+    # The namespace's NetworkPolicies as the operator's watch has them (views.py);
+    # None, or an answer of None, means: list them from the API server.
+    policies: Callable[[str], list[dict[str, Any]] | None] | None = None
 
     def managed_labels(self) -> dict[str, str]:
         return {**MANAGED_BY, INCIDENT_LABEL: self.incident.key,

@@ -244,8 +244,7 @@ class _Quarantine:
     @classmethod
     def read(cls, ctx: ActionContext, params: IsolateNetworkParams, namespace: str,
              own: str, pods: Sequence[PodView]) -> _Quarantine:
-        policies = raw(ctx.kube.networking.list_namespaced_network_policy, namespace)["items"]
-        return cls(ctx, params, namespace, own, policies, list(pods))
+        return cls(ctx, params, namespace, own, _policies(ctx, namespace), list(pods))
 
     def findings(self) -> list[Finding]:
         world = _world(self.ctx.kube)
@@ -309,6 +308,14 @@ class _Quarantine:
         shown = "; ".join(str(f) for f in found[:8])
         more = f"; {len(found) - 8} more" if len(found) > 8 else ""
         return Verdict(False, f"the quarantine does not hold: {shown}{more}")
+
+
+def _policies(ctx: ActionContext, namespace: str) -> list[dict[str, Any]]:
+    """The namespace's NetworkPolicies: as the operator's watch has them, else listed."""
+    seen = ctx.policies(namespace) if ctx.policies is not None else None
+    if seen is not None:
+        return seen
+    return list(raw(ctx.kube.networking.list_namespaced_network_policy, namespace)["items"])
 
 
 def _refuse_host_network(pods: Sequence[Obj]) -> None:
@@ -421,7 +428,7 @@ class IsolateNetwork(Action):
         changes = []
         # One listing serves both: whether the quarantine's own policy is there as made,
         # and the other policies to judge it against.
-        policies = raw(ctx.kube.networking.list_namespaced_network_policy, namespace)["items"]
+        policies = _policies(ctx, namespace)
         listed = next((p for p in policies if p["metadata"]["name"] == record.policy), None)
         restored, own = self._ensure_policy(ctx, params, record, restore=True,
                                             listed=(listed,))

@@ -1,0 +1,80 @@
+"""The view of NetworkPolicies the watch delivers: what it keeps of each, which
+version wins, and that it answers only once the first listing is complete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from firebreak.views import PolicyView, trimmed
+
+
+def policy(name: str, version: str, namespace: str = "shop", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": version,
+                         "uid": f"uid-{name}", "creationTimestamp": "2025-03-01T12:00:00Z",
+                         "labels": {"team": "shop"},
+                         "annotations": {"firebreak.dev/incident-uid": "u-1",
+                                         "kubectl.kubernetes.io/last-applied-configuration":
+                                             "{...}"},
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"podSelector": {}, **spec}}
+
+
+@pytest.fixture
+def view() -> PolicyView:
+    found = PolicyView()
+    found.mark_synced()
+    return found
+
+
+def test_a_policy_is_kept_with_what_the_quarantine_reads_and_nothing_else() -> None:
+    assert trimmed(policy("allow", "7", ingress=[{}])) == {
+        "metadata": {"name": "allow", "namespace": "shop", "resourceVersion": "7",
+                     "labels": {"team": "shop"},
+                     "annotations": {"firebreak.dev/incident-uid": "u-1"}},
+        "spec": {"podSelector": {}, "ingress": [{}]}}
+
+
+def test_nothing_is_answered_before_the_first_listing_is_complete() -> None:
+    fresh = PolicyView()
+    fresh.upsert(policy("allow", "7"))
+    assert fresh.in_namespace("shop") is None
+    fresh.mark_synced()
+    assert [p["metadata"]["name"] for p in fresh.in_namespace("shop") or []] == ["allow"]
+
+
+def test_the_newest_version_wins_whatever_the_order_of_delivery(view: PolicyView) -> None:
+    view.upsert(policy("allow", "9", ingress=[{}]))
+    view.upsert(policy("allow", "8"))  # older: a late delivery of the index
+    (held,) = view.in_namespace("shop") or []
+    assert held["metadata"]["resourceVersion"] == "9" and held["spec"]["ingress"] == [{}]
+    view.upsert(policy("allow", "10"))
+    assert [p["metadata"]["resourceVersion"] for p in view.in_namespace("shop") or []] == ["10"]
+    view.upsert(policy("allow", "not-a-number"))  # not comparable: the latest delivered
+    assert [p["metadata"]["resourceVersion"] for p in view.in_namespace("shop") or []] == [
+        "not-a-number"]
+
+
+def test_namespaces_are_apart_and_a_removed_policy_is_gone(view: PolicyView) -> None:
+    view.upsert(policy("a", "1"))
+    view.upsert(policy("b", "2"))
+    view.upsert(policy("a", "3", namespace="other"))
+    assert len(view) == 3
+    assert sorted(p["metadata"]["name"] for p in view.in_namespace("shop") or []) == ["a", "b"]
+    view.remove("shop", "a")
+    view.remove("shop", "never-there")
+    view.remove("nowhere", "a")
+    assert [p["metadata"]["name"] for p in view.in_namespace("shop") or []] == ["b"]
+    view.remove("shop", "b")
+    assert view.in_namespace("shop") == []
+    assert len(view) == 1
+
+
+def test_what_it_answers_is_the_callers_to_change(view: PolicyView) -> None:
+    view.upsert(policy("allow", "7"))
+    (mine,) = view.in_namespace("shop") or []
+    mine["metadata"]["resourceVersion"] = "changed"
+    (again,) = view.in_namespace("shop") or []
+    assert again["metadata"]["resourceVersion"] == "7"
