@@ -301,7 +301,11 @@ class Controller:
                 retry = exc.delay
             if key in self._holds:
                 self._holds.discard(key)
-                self.engine.hold(namespace, name)  # from a fresh read: it acts
+                # From the latest body seen (this replica's own writes included): its
+                # writes carry that version, so a body gone stale is read afresh.
+                with self._lock:
+                    latest = self._store.get(key)
+                self.engine.hold(namespace, name, latest)
             return retry
         except RetryLater as exc:
             return exc.delay

@@ -302,8 +302,10 @@ class _Quarantine:
         found = self.findings()
         names = ", ".join(p.name for p in self.pods) or "no pods"
         if not found:
+            # Nothing in it that changes while the verdict stands (such as how many
+            # policies were judged): a check that finds the same writes nothing.
             return Verdict(True, f"{names}: no traffic but {allowances(self.params).describe()} "
-                                 f"(checked against {len(self.policies)} NetworkPolicies); "
+                                 f"(checked against every NetworkPolicy in {self.namespace}); "
                                  f"{CONNECTIONS_NOTE}")
         shown = "; ".join(str(f) for f in found[:8])
         more = f"; {len(found) - 8} more" if len(found) > 8 else ""
