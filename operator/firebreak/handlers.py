@@ -40,6 +40,7 @@ from .controller import INCIDENT, PLAYBOOK, Controller, HeldQuarantine, quaranti
 from .engine import Engine
 from .events import EventPoster
 from .intake import Intake
+from .isolation import adds_nothing
 from .kube import Kube
 from .leader import Elector
 from .matching import PlaybookCandidate
@@ -254,6 +255,13 @@ async def incident(type: str | None, body: kopf.Body, memo: kopf.Memo,
     metrics.INCIDENTS.observe(type, body)
 
 
+def _within_own(view: PolicyView | None, namespace: str, own: str, policy: kopf.Body) -> bool:
+    """Whether ``policy`` allows nothing beyond what the quarantine policy ``own``
+    allows (as the watch has it; False when it has not seen it)."""
+    mine = view.get(namespace, own) if view is not None else None
+    return mine is not None and adds_nothing(dict(policy), mine)
+
+
 def _plain(body: kopf.Body) -> dict[str, Any]:
     """Kopf's live view of an object, as a plain dict the engine may keep."""
     return {key: copy.deepcopy(value) for key, value in body.items()}
@@ -290,12 +298,15 @@ async def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
             view.upsert(body)
     owner = (meta.get("annotations") or {}).get(OWNER_ANNOTATION)
     controller = services(memo).controller
-    for held in quarantines.get(str(meta.get("namespace")), []):
+    namespace = str(meta.get("namespace"))
+    for held in quarantines.get(namespace, []):
         if meta.get("name") == held.policy and owner == held.uid:
             if type in (None, "ADDED"):
                 continue  # its own policy, as it made it
         elif owner and not controller.concerns(held, dict(body)):
             continue  # another incident's quarantine, of pods this one does not hold
+        elif owner and _within_own(view, namespace, held.policy, body):
+            continue  # another quarantine of the same pod, allowing no more than its own
         # Another incident's quarantine policy over a pod both hold (a burst of alerts
         # about one pod makes one per incident): checked within a second, once for the
         # burst. Anyone else's policy, or its own changed: at once.

@@ -305,6 +305,15 @@ def excess(pod: PodView, policies: Sequence[Obj], own_policy: str, allowances: A
     return findings
 
 
+def adds_nothing(other: Obj, own: Obj) -> bool:
+    """Whether a policy can open nothing that ``own`` does not already open to the
+    pods both select: each of its rules, in each direction, is one of ``own``'s. Two
+    quarantines of one pod by the same playbook are so: neither widens the other."""
+    other_spec, own_spec = other.get("spec") or {}, own.get("spec") or {}
+    return all(rule in (own_spec.get(direction) or [])
+               for direction in DIRECTIONS for rule in other_spec.get(direction) or [])
+
+
 # --- the exclusion term ----------------------------------------------------------------------
 
 

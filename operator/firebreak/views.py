@@ -87,6 +87,11 @@ class PolicyView:
             policies = list((self._by_namespace.get(namespace) or {}).values())
         return [{"metadata": dict(p["metadata"]), "spec": p["spec"]} for p in policies]
 
+    def get(self, namespace: str, name: str) -> Obj | None:
+        """One policy as the watch has it (its spec shared, read only), or None."""
+        with self._lock:
+            return (self._by_namespace.get(namespace) or {}).get(name)
+
     def __len__(self) -> int:
         with self._lock:
             return sum(len(p) for p in self._by_namespace.values())

@@ -432,3 +432,25 @@ async def test_the_policy_watch_feeds_the_view_which_answers_once_incidents_are_
     assert [p["metadata"]["resourceVersion"] for p in view.in_namespace(NS) or []] == ["6"]
     await handlers.network_policy(type="DELETED", body=changed, memo=memo, quarantines={})
     assert view.in_namespace(NS) == []
+
+
+async def test_another_quarantine_of_the_same_pod_allowing_no_more_asks_for_no_check(
+        api: Recorder, memo: kopf.Memo) -> None:
+    add_incident(api)
+    add_incident(api, name="again")
+    for name in ("miner", "again"):
+        await seen(memo, api, playbook("contain", ISOLATE), event="ADDED", name=name)
+    held = {name: handlers.quarantines(body=incident(api, name))[NS] for name in ("miner", "again")}
+    for name in ("miner", "again"):  # as the policy watch delivers them
+        handlers.policy_view(body=api.get("networkpolicies", NS, held[name].policy), memo=memo)
+    controller = handlers.services(memo).controller
+    theirs = api.get("networkpolicies", NS, held["again"].policy)
+    assert theirs is not None
+    await handlers.network_policy(type="MODIFIED", body=theirs, memo=memo,
+                                  quarantines={NS: [held["miner"]]})
+    assert (INCIDENT, NS, "miner") not in controller.queue
+    # Edited to let more in (here: from every pod of the namespace), it is judged.
+    wider = {**theirs, "spec": {**theirs["spec"], "ingress": [{"from": [{"podSelector": {}}]}]}}
+    await handlers.network_policy(type="MODIFIED", body=wider, memo=memo,
+                                  quarantines={NS: [held["miner"]]})
+    assert (INCIDENT, NS, "miner") in controller.queue

@@ -12,6 +12,7 @@ from firebreak.isolation import (
     Allowances,
     PodView,
     World,
+    adds_nothing,
     excess,
     exclusion_term,
     has_exclusion,
@@ -488,3 +489,20 @@ def test_a_rule_shaped_like_the_allowances_is_within_them_in_any_world(
     if shaped:  # the shortcut agrees with judging it against the pods and namespaces
         for world in (WORLD, HOSTILE):
             assert judged_within(rule, direction, NS, allow, world)  # type: ignore[arg-type]
+
+
+def test_a_policy_adds_nothing_only_when_each_of_its_rules_is_one_of_the_quarantines() -> None:
+    same = policy("firebreak-quarantine-other", {"matchLabels": {quarantine_label("other"): "true"}},
+                  types=["Ingress", "Egress"], ingress=OWN_POLICY["spec"]["ingress"],
+                  egress=OWN_POLICY["spec"]["egress"])
+    assert adds_nothing(same, OWN_POLICY)
+    assert adds_nothing(policy("deny", {}, types=["Ingress", "Egress"]), OWN_POLICY)
+    assert adds_nothing(policy("dns", {}, types=["Egress"],
+                               egress=OWN_POLICY["spec"]["egress"]), OWN_POLICY)
+    # Another quarantine allowing the forensics namespace where this one allows none.
+    strict = policy(OWN, {"matchLabels": {quarantine_label(KEY): "true"}},
+                    types=["Ingress", "Egress"], egress=OWN_POLICY["spec"]["egress"])
+    assert not adds_nothing(same, strict)
+    assert adds_nothing(strict, same)
+    assert not adds_nothing(policy("allow-all", {}, ingress=[{}]), OWN_POLICY)
+    assert not adds_nothing(policy("egress", {}, egress=[{"ports": DNS_PORTS}]), OWN_POLICY)

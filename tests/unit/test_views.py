@@ -63,6 +63,8 @@ def test_namespaces_are_apart_and_a_removed_policy_is_gone(view: PolicyView) -> 
     view.upsert(policy("a", "3", namespace="other"))
     assert len(view) == 3
     assert sorted(p["metadata"]["name"] for p in view.in_namespace("shop") or []) == ["a", "b"]
+    assert view.get("other", "a") is not None and view.get("other", "b") is None
+    assert view.get("nowhere", "a") is None
     view.remove("shop", "a")
     view.remove("shop", "never-there")
     view.remove("nowhere", "a")
