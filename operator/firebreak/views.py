@@ -67,11 +67,7 @@ class PolicyView:
 
     def remove(self, namespace: str, name: str) -> None:
         with self._lock:
-            policies = self._by_namespace.get(namespace)
-            if policies is not None:
-                policies.pop(name, None)
-                if not policies:
-                    del self._by_namespace[namespace]
+            (self._by_namespace.get(namespace) or {}).pop(name, None)
 
     def mark_synced(self) -> None:
         """The watch's first listing has been delivered in full."""
@@ -100,5 +96,5 @@ class PolicyView:
 def _older(version: Any, than: Any) -> bool:
     """Whether ``version`` is older than ``than`` (etcd's revisions are numbers; any
     other form is taken as newer, as the latest delivered)."""
-    a, b = str(version or ""), str(than or "")
+    a, b = str(version), str(than)
     return a.isdigit() and b.isdigit() and int(a) < int(b)
