@@ -478,6 +478,8 @@ ANY_DNS_POD = Allowances(dns_namespace="kube-system", dns_selector={})
     ("egress", OWN_POLICY["spec"]["egress"][0], FORENSICS_ONLY, False),
     ("egress", {"to": [{**DNS_PEER, "podSelector": {}}], "ports": [{"port": 53}]},
      ANY_DNS_POD, True),
+    ("egress", {"to": [{**DNS_PEER, "podSelector": {"matchLabels": {}}}],
+                "ports": [{"port": 53}]}, ANY_DNS_POD, True),
     ("egress", {"to": [{"namespaceSelector": DNS_PEER["namespaceSelector"]}],
                 "ports": DNS_PORTS}, ANY_DNS_POD, True),
     ("egress", {"to": [{"namespaceSelector": DNS_PEER["namespaceSelector"]}],
