@@ -102,6 +102,8 @@ class Controller:
         self._written: dict[Key, int] = {}  # the resourceVersion of our own last write
         self._lock = threading.Lock()
         self._holds: set[Key] = set()
+        # The pods each incident quarantines per namespace, by the version they were read from.
+        self._quarantined: dict[tuple[Key, str], tuple[Any, set[str]]] = {}
         self._failures: dict[Key, int] = {}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="incident")
         self._leading = asyncio.Event()
@@ -121,6 +123,8 @@ class Controller:
             with self._lock:
                 self._store.pop(key, None)
                 self._written.pop(key, None)
+                for cached in [k for k in self._quarantined if k[0] == key]:
+                    del self._quarantined[cached]
             self._holds.discard(key)
             return
         seen = _version(body)
@@ -158,21 +162,37 @@ class Controller:
             if seen is not None:
                 self._written[key] = seen
 
-    def concerns(self, held: HeldQuarantine, quarantine: dict[str, Any]) -> bool:
-        """Whether another incident's quarantine policy may change what ``held``'s
-        quarantine lets through: only a pod both quarantine is selected by both, so
-        they must share one (or what either holds is not known here)."""
+    def quarantined_by(self, quarantine: dict[str, Any]) -> set[str] | None:
+        """The pods (uids) whose quarantine a quarantine policy is, from the record of
+        the incident that made it; None when that incident is not known here."""
         meta = quarantine["metadata"]
         labels = meta.get("labels") or {}
-        namespace = meta.get("namespace") or ""
-        other_key = (INCIDENT, labels.get(INCIDENT_NAMESPACE_LABEL, ""),
-                     labels.get(INCIDENT_LABEL, ""))
-        with self._lock:
-            other = self._store.get(other_key)
-            mine = self._store.get((INCIDENT, held.namespace, held.name))
-        if other is None or mine is None:
+        return self._pods((INCIDENT, labels.get(INCIDENT_NAMESPACE_LABEL, ""),
+                           labels.get(INCIDENT_LABEL, "")), meta.get("namespace") or "")
+
+    def shares_pods(self, held: HeldQuarantine, namespace: str, pods: set[str] | None) -> bool:
+        """Whether ``held`` quarantines one of ``pods`` in ``namespace`` (or what either
+        holds is not known here): only then can another quarantine policy change what
+        its quarantine lets through, since only a pod both quarantine is selected by
+        both."""
+        if pods is None:
             return True
-        return bool(quarantined_pods(other, namespace) & quarantined_pods(mine, namespace))
+        mine = self._pods((INCIDENT, held.namespace, held.name), namespace)
+        return mine is None or bool(mine & pods)
+
+    def _pods(self, key: Key, namespace: str) -> set[str] | None:
+        with self._lock:
+            body = self._store.get(key)
+            if body is None:
+                return None
+            version = body["metadata"].get("resourceVersion")
+            cached = self._quarantined.get((key, namespace))
+            if cached is not None and cached[0] == version:
+                return cached[1]
+        pods = quarantined_pods(body, namespace)
+        with self._lock:
+            self._quarantined[(key, namespace)] = (version, pods)
+        return pods
 
     def want_hold(self, namespace: str, name: str, after: float = 0.0) -> None:
         """Check this incident's quarantine (a NetworkPolicy near it changed), now or

@@ -299,11 +299,12 @@ async def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
     owner = (meta.get("annotations") or {}).get(OWNER_ANNOTATION)
     controller = services(memo).controller
     namespace = str(meta.get("namespace"))
+    theirs = controller.quarantined_by(dict(body)) if owner else None
     for held in quarantines.get(namespace, []):
         if meta.get("name") == held.policy and owner == held.uid:
             if type in (None, "ADDED"):
                 continue  # its own policy, as it made it
-        elif owner and not controller.concerns(held, dict(body)):
+        elif owner and not controller.shares_pods(held, namespace, theirs):
             continue  # another incident's quarantine, of pods this one does not hold
         elif owner and _within_own(view, namespace, held.policy, body):
             continue  # another quarantine of the same pod, allowing no more than its own

@@ -74,14 +74,12 @@ class PolicyView:
         self._synced = True
 
     def in_namespace(self, namespace: str) -> list[Obj] | None:
-        """The namespace's policies, or None while the first listing is still
-        arriving. Each policy's metadata is the caller's own copy; its spec is shared
-        and read only."""
+        """The namespace's policies (shared with the view: read only), or None while
+        the first listing is still arriving."""
         if not self._synced:
             return None
         with self._lock:
-            policies = list((self._by_namespace.get(namespace) or {}).values())
-        return [{"metadata": dict(p["metadata"]), "spec": p["spec"]} for p in policies]
+            return list((self._by_namespace.get(namespace) or {}).values())
 
     def get(self, namespace: str, name: str) -> Obj | None:
         """One policy as the watch has it (its spec shared, read only), or None."""
