@@ -264,16 +264,23 @@ class Controller:
 
     async def _hold_all(self) -> None:
         """Pods change without any NetworkPolicy event (a label removed, a workload's
-        new pod): every quarantine is checked each interval."""
+        new pod): every quarantine is checked each interval, the checks spread evenly
+        over it (a thousand quarantines are not a thousand checks at one moment, which
+        would delay the containment of new incidents behind them)."""
         while True:
             await asyncio.sleep(self.hold_interval)
-            if not self.leading():
-                continue
-            with self._lock:
-                held = [key for key, body in self._store.items()
-                        if key[0] == INCIDENT and quarantines_of(body)]
-            for namespace_name in held:
-                self.want_hold(namespace_name[1], namespace_name[2])
+            if self.leading():
+                self.hold_every_quarantine(self.hold_interval)
+
+    def hold_every_quarantine(self, within: float) -> None:
+        """Ask for a check of every quarantine held, spread evenly over ``within``
+        seconds."""
+        with self._lock:
+            held = [key for key, body in self._store.items()
+                    if key[0] == INCIDENT and quarantines_of(body)]
+        spacing = within / max(len(held), 1)
+        for index, (_, namespace, name) in enumerate(held):
+            self.want_hold(namespace, name, after=index * spacing)
 
     def _process(self, key: Key, body: dict[str, Any],
                  playbooks: list[PlaybookCandidate]) -> float | None:

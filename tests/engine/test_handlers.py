@@ -454,3 +454,21 @@ async def test_another_quarantine_of_the_same_pod_allowing_no_more_asks_for_no_c
     await handlers.network_policy(type="MODIFIED", body=wider, memo=memo,
                                   quarantines={NS: [held["miner"]]})
     assert (INCIDENT, NS, "miner") in controller.queue
+
+
+async def test_the_periodic_check_of_every_quarantine_is_spread_over_its_interval(
+        api: Recorder, memo: kopf.Memo) -> None:
+    names = ["miner", "a", "b", "c"]
+    for name in names:
+        add_incident(api, name=name)
+        await seen(memo, api, playbook("contain", ISOLATE), event="ADDED", name=name)
+    controller = handlers.services(memo).controller
+    add_incident(api, name="unheld")  # no quarantine: never checked
+    await handlers.incident(type="ADDED", body=incident(api, "unheld"), memo=memo,
+                            playbooks=index())
+    await settle(memo)
+    controller.hold_every_quarantine(within=60.0)
+    # One check now, the other three at 15, 30 and 45 s: none waits for all the others.
+    assert all((INCIDENT, NS, name) in controller.queue for name in names)
+    assert (INCIDENT, NS, "unheld") not in controller.queue
+    assert controller.queue.depth() <= 1 and controller.queue.pending() >= 3
