@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 INCIDENT = "incident"
 PLAYBOOK = "playbook"
+# The periodic check of a namespace holding many quarantines: its pods are listed once,
+# and each quarantine there is checked against that listing.
+SWEEP = "sweep"
+SWEEP_AT_LEAST = 4
 Key = tuple[str, str, str]  # kind, namespace, name
 BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
@@ -102,6 +106,8 @@ class Controller:
         self._written: dict[Key, int] = {}  # the resourceVersion of our own last write
         self._lock = threading.Lock()
         self._holds: set[Key] = set()
+        # Pods listed by a sweep, for the next check of each incident there.
+        self._swept: dict[Key, dict[str, list[dict[str, Any]]]] = {}
         # The pods each incident quarantines per namespace, by the version they were read from.
         self._quarantined: dict[tuple[Key, str], tuple[Any, set[str]]] = {}
         self._failures: dict[Key, int] = {}
@@ -125,6 +131,7 @@ class Controller:
                 self._written.pop(key, None)
                 for cached in [k for k in self._quarantined if k[0] == key]:
                     del self._quarantined[cached]
+                self._swept.pop(key, None)
             self._holds.discard(key)
             return
         seen = _version(body)
@@ -250,6 +257,11 @@ class Controller:
                 if not self.leading():
                     self.queue.add(key)  # done() below makes it ready for the next leader
                     continue
+                if key[0] == SWEEP:
+                    for _, namespace, name in await loop.run_in_executor(
+                            self._pool, self._sweep, key[1]):
+                        self.want_hold(namespace, name)
+                    continue
                 with self._lock:
                     body = self._store.get(key)
                 if body is None:
@@ -274,13 +286,43 @@ class Controller:
 
     def hold_every_quarantine(self, within: float) -> None:
         """Ask for a check of every quarantine held, spread evenly over ``within``
-        seconds."""
+        seconds. A namespace holding ``SWEEP_AT_LEAST`` quarantines or more is one
+        sweep: its pods listed once, then every quarantine there checked against them."""
+        by_namespace: dict[str, list[Key]] = {}
         with self._lock:
-            held = [key for key, body in self._store.items()
-                    if key[0] == INCIDENT and quarantines_of(body)]
-        spacing = within / max(len(held), 1)
-        for index, (_, namespace, name) in enumerate(held):
-            self.want_hold(namespace, name, after=index * spacing)
+            for key, body in self._store.items():
+                if key[0] == INCIDENT:
+                    for namespace in quarantines_of(body):
+                        by_namespace.setdefault(namespace, []).append(key)
+        units: dict[Key, None] = {}
+        for namespace, keys in by_namespace.items():
+            if len(keys) >= SWEEP_AT_LEAST:
+                units[(SWEEP, namespace, "")] = None
+            else:
+                units.update(dict.fromkeys(keys))
+        spacing = within / max(len(units), 1)
+        for index, key in enumerate(units):
+            if key[0] == SWEEP:
+                self.queue.add(key, after=index * spacing)
+            else:
+                self.want_hold(key[1], key[2], after=index * spacing)
+
+    def _sweep(self, namespace: str) -> list[Key]:
+        """List a namespace's pods for the checks of its quarantines; the incidents to
+        check (each then checked under its own key)."""
+        try:
+            pods = self.engine.pods_in(namespace)
+        except ApiError as exc:
+            log.warning("sweep of %s: %s; its quarantines are checked one by one", namespace,
+                        exc)
+            pods = None
+        with self._lock:
+            keys = [key for key, body in self._store.items()
+                    if key[0] == INCIDENT and namespace in quarantines_of(body)]
+            if pods is not None:
+                for key in keys:
+                    self._swept.setdefault(key, {})[namespace] = pods
+        return keys
 
     def _process(self, key: Key, body: dict[str, Any],
                  playbooks: list[PlaybookCandidate]) -> float | None:
@@ -332,7 +374,8 @@ class Controller:
                 # writes carry that version, so a body gone stale is read afresh.
                 with self._lock:
                     latest = self._store.get(key)
-                self.engine.hold(namespace, name, latest)
+                    swept = self._swept.pop(key, None)
+                self.engine.hold(namespace, name, latest, pods=swept)
             return retry
         except RetryLater as exc:
             return exc.delay

@@ -64,7 +64,7 @@ from .api import (
 from .budget import Budget
 from .config import OperatorConfig
 from .guardrails import check_step, check_target
-from .kube import Conflict, Kube, NotFound, PermanentApiError, TemporaryApiError, call
+from .kube import Conflict, Kube, NotFound, PermanentApiError, TemporaryApiError, call, raw
 from .matching import PlaybookCandidate, allowed, select_playbook
 from .planning import PlanError, plan
 
@@ -151,10 +151,17 @@ class Engine:
                 raise RetryLater(f"API server busy or unreachable: {exc}", delay=5.0) from exc
         raise RetryLater(f"{namespace}/{name} keeps changing under its runs", delay=1.0)
 
-    def hold(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
+    def hold(self, namespace: str, name: str, body: dict[str, Any] | None = None,
+             pods: Mapping[str, list[dict[str, Any]]] | None = None) -> None:
         """Something an incident's quarantine depends on changed (a NetworkPolicy in its
-        namespace, its pods): put back what was undone, and judge it again."""
-        self._runs(namespace, name, body, Run.hold)
+        namespace, its pods): put back what was undone, and judge it again. ``pods``:
+        the pods of a namespace, listed a moment ago for every quarantine there."""
+        self._runs(namespace, name, body, lambda run: run.hold(pods))
+
+    def pods_in(self, namespace: str) -> list[dict[str, Any]]:
+        """Every pod of a namespace (not being deleted), as the API's JSON."""
+        items = raw(self.kube.core.list_namespaced_pod, namespace)["items"]
+        return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
     def adopt(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """Put the finalizer on an incident made without it (by a person): from now on it
@@ -246,6 +253,8 @@ class Run:
         self._persisted = self._status_patch()
         # Per step: what its prepare read, for its apply in this same run.
         self._seen: dict[str, dict[str, Any]] = {}
+        # Pods by namespace listed for this run's checks (Engine.hold), if any.
+        self._listed_pods: Mapping[str, list[dict[str, Any]]] | None = None
 
     # --- recording ------------------------------------------------------------
 
@@ -552,7 +561,8 @@ class Run:
             target=self.spec.target, step=step.step, labels=dict(self.spec.labels or {}),
             now=self.now, incident_spec=self.spec,
             playbook=f"{playbook.namespace}/{playbook.name}" if playbook else "",
-            seen=self._seen.setdefault(step.step, {}), policies=self.engine.policies)
+            seen=self._seen.setdefault(step.step, {}), policies=self.engine.policies,
+            listed_pods=self._listed_pods)
 
     def _prepare(self, index: int) -> tuple[Action, Any, Any] | None:
         """Prepare step ``index`` and judge it; None when it was refused or failed."""
@@ -708,9 +718,10 @@ class Run:
             self.time_to_contain = self._seconds_since_first_signal()
         self.condition(c.CONTAINED, ConditionStatus.true, c.STEPS_APPLIED, message)
 
-    def hold(self) -> None:
+    def hold(self, pods: Mapping[str, list[dict[str, Any]]] | None = None) -> None:
         """Keep applied steps in force (a quarantine against policies and pods that
         changed since) and judge them again; a no-op for incidents not holding any."""
+        self._listed_pods = pods
         contained = c.find(self.conditions, c.CONTAINED)
         if self.spec.resolution is not None or contained is None or not (
                 contained.status is ConditionStatus.true

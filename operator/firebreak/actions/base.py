@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -127,6 +127,9 @@ class ActionContext:
     # The namespace's NetworkPolicies as the operator's watch has them (views.py);
     # None, or an answer of None, means: list them from the API server.
     policies: Callable[[str], list[dict[str, Any]] | None] | None = None
+    # A check's pods, by namespace, listed a moment ago for every quarantine there (one
+    # listing rather than one per quarantine); a namespace not here is read as usual.
+    listed_pods: Mapping[str, list[dict[str, Any]]] | None = None
 
     def managed_labels(self) -> dict[str, str]:
         return {**MANAGED_BY, INCIDENT_LABEL: self.incident.key,

@@ -447,13 +447,21 @@ class IsolateNetwork(Action):
             + ([own] if own is not None else [])
         entries = list(record.pods)
         pods: dict[str, Obj] = {}
-        listed = raw(ctx.kube.core.list_namespaced_pod, namespace,
-                     label_selector=quarantine_label(ctx.incident.key))["items"]
-        for pod in listed:
+        label = quarantine_label(ctx.incident.key)
+        swept = (ctx.listed_pods or {}).get(namespace)
+        by_uid: dict[str, Obj] = {}
+        if swept is not None:  # the namespace's pods, listed once for all its quarantines
+            labelled = [p for p in swept if label in (p["metadata"].get("labels") or {})]
+            by_uid = {p["metadata"]["uid"]: p for p in swept}
+        else:
+            labelled = raw(ctx.kube.core.list_namespaced_pod, namespace,
+                           label_selector=label)["items"]
+        for pod in labelled:
             pods[pod["metadata"]["uid"]] = pod
         for entry in entries:
             if entry.uid not in pods:
-                found = read_raw(ctx.kube.core.read_namespaced_pod, entry.name, namespace)
+                found = by_uid.get(entry.uid) if swept is not None else \
+                    read_raw(ctx.kube.core.read_namespaced_pod, entry.name, namespace)
                 if found is not None and found["metadata"]["uid"] == entry.uid \
                         and not found["metadata"].get("deletionTimestamp"):
                     pods[entry.uid] = found
