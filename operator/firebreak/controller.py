@@ -28,13 +28,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .actions.base import INCIDENT_LABEL, INCIDENT_NAMESPACE_LABEL
+from .actions.base import INCIDENT_LABEL, INCIDENT_NAMESPACE_LABEL, IncidentRef
 from .api import FINALIZER, ActionName, StepState
+from .conditions import ISOLATED
 from .engine import Engine, RetryLater
+from .isolation import adds_nothing, is_quarantine_policy, quarantine_label
 from .kube import ApiError
 from .leader import Elector
 from .matching import PlaybookCandidate
 from .readiness import PlaybookReadiness
+from .selectors import selects
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,76 @@ def quarantined_pods(body: dict[str, Any], namespace: str) -> set[str]:
                 and record.get("namespace") == namespace:
             uids.update(str(p.get("uid")) for p in record.get("pods") or [])
     return uids
+
+
+class Selecting:
+    """Which of a namespace's policies select a pod, by its labels: a quarantine policy
+    (one per incident, selecting by its label alone) is found by the pod's labels,
+    every other policy is tried."""
+
+    def __init__(self, policies: list[dict[str, Any]]) -> None:
+        self.by_name = {p["metadata"]["name"]: p for p in policies}
+        self.by_label: dict[str, list[dict[str, Any]]] = {}
+        self.others: list[dict[str, Any]] = []
+        for policy in policies:
+            selector = (policy.get("spec") or {}).get("podSelector") or {}
+            match = selector.get("matchLabels") or {}
+            if is_quarantine_policy(policy) and len(match) == 1 \
+                    and not selector.get("matchExpressions"):
+                ((label, value),) = match.items()
+                if value == "true":
+                    self.by_label.setdefault(label, []).append(policy)
+                    continue
+            self.others.append(policy)
+
+    def __call__(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        found = [p for label, value in labels.items() if value == "true"
+                 for p in self.by_label.get(label, ())]
+        return found + [p for p in self.others
+                        if selects((p.get("spec") or {}).get("podSelector") or {}, labels)]
+
+
+def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]],
+            selecting: Selecting | None) -> bool:
+    """Whether a check of an incident's quarantine in ``namespace`` would find nothing to
+    do, judged from a fresh listing of the namespace's pods (by uid) and the watch's
+    policies: it holds (Isolated), each quarantined pod of a ``pod``-scoped step is
+    there with its label, and every policy selecting one of them is its own
+    quarantine policy or allows nothing more (another quarantine by the same
+    playbook). Its own policy's rules name namespaces and DNS pods by their shape, so
+    no pod that comes or goes can change its verdict. Anything else: False."""
+    status = body.get("status") or {}
+    isolated = next((c for c in status.get("conditions") or () if c.get("type") == ISOLATED),
+                    None)
+    if selecting is None or isolated is None or isolated.get("status") != "True" \
+            or (body.get("spec") or {}).get("resolution"):
+        return False
+    key = body["metadata"]["name"]
+    found = False
+    for step in status.get("actions") or ():
+        record = step.get("revert") or {}
+        if step.get("action") != ActionName.isolate_network.value \
+                or record.get("namespace") != namespace:
+            continue
+        if step.get("state") != StepState.applied.value \
+                or (step.get("params") or {}).get("scope", "pod") != "pod":
+            return False
+        own = selecting.by_name.get(str(record.get("policy")))
+        if own is None:
+            return False
+        label = quarantine_label(IncidentRef(namespace=body["metadata"]["namespace"],
+                                             name=key, uid="").key)
+        for entry in record.get("pods") or ():
+            pod = pods.get(str(entry.get("uid")))
+            if pod is None:
+                continue  # gone: nothing to hold there
+            labels = pod["metadata"].get("labels") or {}
+            if labels.get(label) != "true":
+                return False
+            if any(p is not own and not adds_nothing(p, own) for p in selecting(labels)):
+                return False
+        found = True
+    return found
 
 
 def _version(body: dict[str, Any]) -> int | None:
@@ -317,11 +390,19 @@ class Controller:
                         exc)
             pods = None
         with self._lock:
-            keys = [key for key, body in self._store.items()
+            held = [(key, body) for key, body in self._store.items()
                     if key[0] == INCIDENT and namespace in quarantines_of(body)]
-            if pods is not None:
-                for key in keys:
-                    self._swept.setdefault(key, {})[namespace] = pods
+        if pods is None:
+            return [key for key, _ in held]
+        by_uid = {p["metadata"]["uid"]: p for p in pods}
+        policies = self.engine.policies(namespace) if self.engine.policies is not None \
+            else None
+        selecting = Selecting(policies) if policies is not None else None
+        # Only the quarantines with something to check are checked.
+        keys = [key for key, body in held if not settled(body, namespace, by_uid, selecting)]
+        with self._lock:
+            for key in keys:
+                self._swept.setdefault(key, {})[namespace] = pods
         return keys
 
     def _process(self, key: Key, body: dict[str, Any],

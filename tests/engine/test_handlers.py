@@ -494,3 +494,59 @@ async def test_a_namespace_of_many_quarantines_is_checked_from_one_listing_of_it
     pod = api.get("pods", NS, "web-5d9c-0")
     assert pod is not None and pod["metadata"]["labels"]["quarantine.firebreak.dev/miner"] == "true"
     assert any(e["reason"] == "QuarantineRestored" for e in incident(api)["status"]["timeline"])
+
+
+async def test_a_sweep_checks_only_the_quarantines_with_something_to_check(
+        api: Recorder, memo: kopf.Memo, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = ["miner", "a", "b", "c", "d"]
+    for name in names:
+        add_incident(api, name=name)
+        await seen(memo, api, playbook("contain", ISOLATE), event="ADDED", name=name)
+    view = PolicyView()
+    for policy in api.all("networkpolicies"):  # as the policy watch delivered them
+        view.upsert(policy)
+    view.mark_synced()
+    services = handlers.services(memo)
+    services.engine.policies = view.in_namespace
+    checked: list[str] = []
+    hold = services.engine.hold
+
+    def counted(namespace: str, name: str, *args: Any, **kwargs: Any) -> None:
+        checked.append(name)
+        hold(namespace, name, *args, **kwargs)
+
+    monkeypatch.setattr(services.engine, "hold", counted)
+
+    async def sweep() -> list[str]:
+        checked.clear()
+        services.controller.hold_every_quarantine(within=0.0)
+        await asyncio.sleep(0.05)
+        await settle(memo)
+        return sorted(checked)
+
+    api.request("PATCH", f"/api/v1/namespaces/{NS}/pods/web-5d9c-0",
+                body='{"metadata": {"labels": {"quarantine.firebreak.dev/miner": null}}}',
+                headers={"Content-Type": "application/merge-patch+json"})
+    before = len(api.writes)
+    # The four quarantines as they were are not checked, and nothing is written for
+    # them; the one that lost its label is put back, and says so.
+    assert await sweep() == ["miner"]
+    assert api.written()[before:] == [f"patch pods {NS}/web-5d9c-0",
+                                      f"patch securityincidents/status {NS}/miner",
+                                      f"create events {NS}/miner.00006"]
+    assert await sweep() == []  # all settled now
+
+    # A deny policy of someone else's selecting the pods opens nothing: still settled.
+    view.upsert(api.add({"kind": "NetworkPolicy",
+                         "metadata": {"name": "deny-web", "namespace": NS},
+                         "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                                  "policyTypes": ["Ingress"]}}))
+    assert await sweep() == []
+    # One allowing ingress from pods that do not exist today opens nothing today, but
+    # would when such a pod comes: every quarantine it selects is judged again.
+    view.upsert(api.add({"kind": "NetworkPolicy",
+                         "metadata": {"name": "from-ghost", "namespace": NS},
+                         "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                                  "policyTypes": ["Ingress"], "ingress": [{"from": [
+                                      {"podSelector": {"matchLabels": {"app": "ghost"}}}]}]}}))
+    assert await sweep() == sorted(names)
