@@ -124,9 +124,12 @@ def test_an_object_replaced_after_prepare_is_not_labelled(
     make_context: Callable[..., ActionContext], core: client.CoreV1Api, namespace: str
 ) -> None:
     def bare_pod() -> client.V1Pod:
+        # Never scheduled: no node agent (a kubelet, kwok) acts on it, so nothing but this
+        # test deletes either pod of the name, whenever that agent gets to the first one.
         return client.V1Pod(
             metadata=client.V1ObjectMeta(name="bare"),
-            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]))
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")],
+                                  node_selector={"firebreak.dev/no-such-node": "true"}))
 
     core.create_namespaced_pod(namespace, bare_pod())
     action, ctx = Label(), make_context("Pod", "bare")
