@@ -32,12 +32,11 @@ from .actions.base import INCIDENT_LABEL, INCIDENT_NAMESPACE_LABEL, IncidentRef
 from .api import FINALIZER, ActionName, StepState
 from .conditions import ISOLATED
 from .engine import Engine, RetryLater
-from .isolation import adds_nothing, is_quarantine_policy, quarantine_label
+from .isolation import Selecting, adds_nothing, quarantine_label
 from .kube import ApiError
 from .leader import Elector
 from .matching import PlaybookCandidate
 from .readiness import PlaybookReadiness
-from .selectors import selects
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -87,33 +86,6 @@ def quarantined_pods(body: dict[str, Any], namespace: str) -> set[str]:
                 and record.get("namespace") == namespace:
             uids.update(str(p.get("uid")) for p in record.get("pods") or [])
     return uids
-
-
-class Selecting:
-    """Which of a namespace's policies select a pod, by its labels: a quarantine policy
-    (one per incident, selecting by its label alone) is found by the pod's labels,
-    every other policy is tried."""
-
-    def __init__(self, policies: list[dict[str, Any]]) -> None:
-        self.by_name = {p["metadata"]["name"]: p for p in policies}
-        self.by_label: dict[str, list[dict[str, Any]]] = {}
-        self.others: list[dict[str, Any]] = []
-        for policy in policies:
-            selector = (policy.get("spec") or {}).get("podSelector") or {}
-            match = selector.get("matchLabels") or {}
-            if is_quarantine_policy(policy) and len(match) == 1 \
-                    and not selector.get("matchExpressions"):
-                ((label, value),) = match.items()
-                if value == "true":
-                    self.by_label.setdefault(label, []).append(policy)
-                    continue
-            self.others.append(policy)
-
-    def __call__(self, labels: dict[str, str]) -> list[dict[str, Any]]:
-        found = [p for label, value in labels.items() if value == "true"
-                 for p in self.by_label.get(label, ())]
-        return found + [p for p in self.others
-                        if selects((p.get("spec") or {}).get("podSelector") or {}, labels)]
 
 
 def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]],

@@ -128,6 +128,33 @@ def is_quarantine_policy(policy: Obj) -> bool:
     return any(k.startswith(QUARANTINE_PREFIX) for k in selector.get("matchLabels") or {})
 
 
+class Selecting:
+    """Which of a namespace's policies select a pod, by its labels: a quarantine policy
+    (one per incident, selecting by its label alone) is found by the pod's labels,
+    every other policy is tried."""
+
+    def __init__(self, policies: Sequence[Obj]) -> None:
+        self.by_name = {p["metadata"]["name"]: p for p in policies}
+        self.by_label: dict[str, list[Obj]] = {}
+        self.others: list[Obj] = []
+        for policy in policies:
+            selector = (policy.get("spec") or {}).get("podSelector") or {}
+            match = selector.get("matchLabels") or {}
+            if is_quarantine_policy(policy) and len(match) == 1 \
+                    and not selector.get("matchExpressions"):
+                ((label, value),) = match.items()
+                if value == "true":
+                    self.by_label.setdefault(label, []).append(policy)
+                    continue
+            self.others.append(policy)
+
+    def __call__(self, labels: Mapping[str, str]) -> list[Obj]:
+        found = [p for label, value in labels.items() if value == "true"
+                 for p in self.by_label.get(label, ())]
+        return found + [p for p in self.others
+                        if selects((p.get("spec") or {}).get("podSelector") or {}, labels)]
+
+
 # --- judging rules -------------------------------------------------------------------------
 
 

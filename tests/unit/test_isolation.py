@@ -11,6 +11,7 @@ import pytest
 from firebreak.isolation import (
     Allowances,
     PodView,
+    Selecting,
     World,
     adds_nothing,
     excess,
@@ -508,3 +509,31 @@ def test_a_policy_adds_nothing_only_when_each_of_its_rules_is_one_of_the_quarant
     assert adds_nothing(strict, same)
     assert not adds_nothing(policy("allow-all", {}, ingress=[{}]), OWN_POLICY)
     assert not adds_nothing(policy("egress", {}, egress=[{"ports": DNS_PORTS}]), OWN_POLICY)
+
+
+def test_the_policies_selecting_a_pod_are_found_by_its_quarantine_labels_and_tried_otherwise(
+) -> None:
+    theirs = policy("firebreak-quarantine-other",
+                    {"matchLabels": {quarantine_label("other"): "true"}})
+    narrowed = policy("firebreak-quarantine-narrow", {
+        "matchLabels": {quarantine_label("narrow"): "true"},
+        "matchExpressions": [{"key": "app", "operator": "In", "values": ["db"]}]})
+    odd = policy("firebreak-quarantine-odd", {"matchLabels": {quarantine_label("odd"): "yes"}})
+    front = policy("front", {"matchLabels": {"tier": "front"}})
+    db = policy("db", {"matchLabels": {"app": "db"}})
+    index = Selecting([OWN_POLICY, theirs, narrowed, odd, front, db])
+    assert index.by_name["front"] is front and set(index.by_name) == {
+        OWN, "firebreak-quarantine-other", "firebreak-quarantine-narrow",
+        "firebreak-quarantine-odd", "front", "db"}
+    names = [p["metadata"]["name"] for p in index(TARGET.labels)]
+    assert sorted(names) == sorted([OWN, "front"])
+    both = {**TARGET.labels, quarantine_label("other"): "true", quarantine_label("odd"): "yes"}
+    assert sorted(p["metadata"]["name"] for p in index(both)) == sorted(
+        [OWN, "firebreak-quarantine-other", "firebreak-quarantine-odd", "front"])
+    # A quarantine label with another value selects nothing by it.
+    assert [p["metadata"]["name"] for p in index({quarantine_label("other"): "false"})] == []
+    # A policy with more than the label is tried like any other.
+    assert [p["metadata"]["name"] for p in index(
+        {quarantine_label("narrow"): "true", "app": "db"})] == ["firebreak-quarantine-narrow",
+                                                                 "db"]
+    assert [p["metadata"]["name"] for p in index({quarantine_label("narrow"): "true"})] == []

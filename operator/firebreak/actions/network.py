@@ -47,6 +47,7 @@ from ..isolation import (
     Allowances,
     Finding,
     PodView,
+    Selecting,
     World,
     excess,
     has_exclusion,
@@ -56,7 +57,6 @@ from ..isolation import (
     without_exclusion,
 )
 from ..kube import Conflict, Invalid, Kube, NotFound, create_raw, delete, raw, read_raw
-from ..selectors import selects
 from .base import (
     INCIDENT_LABEL,
     INCIDENT_NAMESPACE_LABEL,
@@ -249,14 +249,12 @@ class _Quarantine:
 
     def findings(self) -> list[Finding]:
         world = _world(self.ctx.kube)
-        # Only the policies that select one of the pods can open it: in a namespace of
-        # many quarantines (one policy each), most select none of these pods.
-        selecting = [p for p in self.policies
-                     if any(selects((p.get("spec") or {}).get("podSelector") or {}, pod.labels)
-                            for pod in self.pods)]
+        # Only the policies that select a pod can open it: in a namespace of many
+        # quarantines (one policy each), most select none of these pods.
+        index = Selecting(self.policies)
         found: list[Finding] = []
         for pod in self.pods:
-            found += excess(pod, selecting, self.own, allowances(self.params), world)
+            found += excess(pod, index(pod.labels), self.own, allowances(self.params), world)
         return found
 
     def exclude(self) -> None:
