@@ -522,6 +522,12 @@ def test_the_policies_selecting_a_pod_are_found_by_its_quarantine_labels_and_tri
     front = policy("front", {"matchLabels": {"tier": "front"}})
     db = policy("db", {"matchLabels": {"app": "db"}})
     index = Selecting([OWN_POLICY, theirs, narrowed, odd, front, db])
+    # Found by label, not tried: the quarantine policies that select by their label alone.
+    assert {label: [p["metadata"]["name"] for p in found]
+            for label, found in index.by_label.items()} == {
+        quarantine_label(KEY): [OWN], quarantine_label("other"): ["firebreak-quarantine-other"]}
+    assert [p["metadata"]["name"] for p in index.others] == [
+        "firebreak-quarantine-narrow", "firebreak-quarantine-odd", "front", "db"]
     assert index.by_name["front"] is front and set(index.by_name) == {
         OWN, "firebreak-quarantine-other", "firebreak-quarantine-narrow",
         "firebreak-quarantine-odd", "front", "db"}
