@@ -23,7 +23,7 @@ import contextlib
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -61,31 +61,29 @@ class HeldQuarantine:
     policy: str
 
 
+def _isolations(body: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each isolateNetwork step of an incident's status, with its record."""
+    for step in (body.get("status") or {}).get("actions") or ():
+        if step.get("action") == ActionName.isolate_network.value:
+            yield step, step.get("revert") or {}
+
+
 def quarantines_of(body: dict[str, Any]) -> dict[str, HeldQuarantine]:
     """The namespaces where an incident holds a quarantine (applied, not resolved)."""
     if (body.get("spec") or {}).get("resolution"):
         return {}
     meta = body["metadata"]
-    held = {}
-    for step in (body.get("status") or {}).get("actions") or []:
-        record = step.get("revert") or {}
-        if step.get("action") == ActionName.isolate_network.value \
-                and step.get("state") == StepState.applied.value and record.get("namespace"):
-            held[record["namespace"]] = HeldQuarantine(
-                meta["namespace"], meta["name"], meta.get("uid", ""), record.get("policy", ""))
-    return held
+    return {record["namespace"]: HeldQuarantine(meta["namespace"], meta["name"],
+                                                meta.get("uid", ""), record.get("policy", ""))
+            for step, record in _isolations(body)
+            if step.get("state") == StepState.applied.value and record.get("namespace")}
 
 
 def quarantined_pods(body: dict[str, Any], namespace: str) -> set[str]:
     """The uids of every pod an incident's isolateNetwork steps recorded in a namespace,
     whatever became of them since (decided, applied, or reverted)."""
-    uids: set[str] = set()
-    for step in (body.get("status") or {}).get("actions") or []:
-        record = step.get("revert") or {}
-        if step.get("action") == ActionName.isolate_network.value \
-                and record.get("namespace") == namespace:
-            uids.update(str(p.get("uid")) for p in record.get("pods") or [])
-    return uids
+    return {str(p.get("uid")) for _, record in _isolations(body)
+            if record.get("namespace") == namespace for p in record.get("pods") or ()}
 
 
 def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]],
@@ -105,10 +103,8 @@ def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]
         return False
     key = body["metadata"]["name"]
     found = False
-    for step in status.get("actions") or ():
-        record = step.get("revert") or {}
-        if step.get("action") != ActionName.isolate_network.value \
-                or record.get("namespace") != namespace:
+    for step, record in _isolations(body):
+        if record.get("namespace") != namespace:
             continue
         if step.get("state") != StepState.applied.value \
                 or (step.get("params") or {}).get("scope", "pod") != "pod":

@@ -38,6 +38,7 @@ from . import conditions as c
 from . import metrics, notifications
 from .actions.base import Action, ActionContext, ActionRefused, IncidentRef, RecordUnreadable, Verdict
 from .actions.notify import deliver
+from .actions.workloads import live_pods
 from .api import (
     FINALIZER,
     GROUP,
@@ -64,7 +65,7 @@ from .api import (
 from .budget import Budget
 from .config import OperatorConfig
 from .guardrails import check_step, check_target
-from .kube import Conflict, Kube, NotFound, PermanentApiError, TemporaryApiError, call, raw
+from .kube import Conflict, Kube, NotFound, PermanentApiError, TemporaryApiError, call
 from .matching import PlaybookCandidate, allowed, select_playbook
 from .planning import PlanError, plan
 
@@ -160,8 +161,7 @@ class Engine:
 
     def pods_in(self, namespace: str) -> list[dict[str, Any]]:
         """Every pod of a namespace (not being deleted), as the API's JSON."""
-        items = raw(self.kube.core.list_namespaced_pod, namespace)["items"]
-        return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+        return live_pods(self.kube, namespace)
 
     def adopt(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """Put the finalizer on an incident made without it (by a person): from now on it

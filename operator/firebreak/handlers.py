@@ -291,11 +291,8 @@ async def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
     assert quarantines is not None
     meta = body.get("metadata") or {}
     view = services(memo).policies
-    if view is not None:
-        if type == "DELETED":
-            view.remove(str(meta.get("namespace")), str(meta.get("name")))
-        else:  # the index saw it first; the latest delivered wins either way
-            view.upsert(body)
+    if view is not None and type == "DELETED":  # the index sees every other change
+        view.remove(str(meta.get("namespace")), str(meta.get("name")))
     owner = (meta.get("annotations") or {}).get(OWNER_ANNOTATION)
     controller = services(memo).controller
     namespace = str(meta.get("namespace"))

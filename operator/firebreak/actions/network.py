@@ -72,7 +72,14 @@ from .base import (
     Verdict,
     ref,
 )
-from .workloads import DETACHED_FROM, Obj, controller_of, read_object, target_pods
+from .workloads import (
+    DETACHED_FROM,
+    Obj,
+    controller_of,
+    live_pods,
+    read_object,
+    target_pods,
+)
 
 __all__ = ["QUARANTINE_PREFIX", "IsolateNetwork", "quarantine_label"]
 
@@ -220,9 +227,7 @@ def _world(kube: Kube) -> World:
 
     def pods_in(namespace: str) -> list[PodView]:
         if namespace not in cache:
-            items = raw(kube.core.list_namespaced_pod, namespace)["items"]
-            cache[namespace] = [PodView.of(p) for p in items
-                                if not p["metadata"].get("deletionTimestamp")]
+            cache[namespace] = [PodView.of(p) for p in live_pods(kube, namespace)]
         return cache[namespace]
 
     return World(namespaces=_Namespaces(kube), pods_in=pods_in)

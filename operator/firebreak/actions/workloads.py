@@ -91,14 +91,18 @@ def top_workload(kube: Kube, target: Target) -> Obj | None:
     return chain[-1] if chain else None
 
 
+def live_pods(kube: Kube, namespace: str, **selection: Any) -> list[Obj]:
+    """The pods of a namespace not being deleted; ``selection``: ``label_selector``."""
+    items = raw(kube.core.list_namespaced_pod, namespace, **selection)["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
 def pods_of(kube: Kube, workload: Obj) -> list[Obj]:
     """Pods selected by a workload's selector (and not being deleted)."""
     selector = to_query(workload.get("spec", {}).get("selector"))
     if not selector:
         return []
-    namespace = workload["metadata"]["namespace"]
-    items = raw(kube.core.list_namespaced_pod, namespace, label_selector=selector)["items"]
-    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+    return live_pods(kube, workload["metadata"]["namespace"], label_selector=selector)
 
 
 def target_pods(kube: Kube, target: Target, scope: str) -> list[Obj]:
