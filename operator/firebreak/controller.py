@@ -32,7 +32,7 @@ from .actions.base import INCIDENT_LABEL, INCIDENT_NAMESPACE_LABEL, IncidentRef
 from .api import FINALIZER, ActionName, StepState
 from .conditions import ISOLATED
 from .engine import Engine, RetryLater
-from .isolation import Selecting, adds_nothing, quarantine_label
+from .isolation import PolicySet, adds_nothing, quarantine_label
 from .kube import ApiError
 from .leader import Elector
 from .matching import PlaybookCandidate
@@ -79,6 +79,20 @@ def quarantines_of(body: dict[str, Any]) -> dict[str, HeldQuarantine]:
             if step.get("state") == StepState.applied.value and record.get("namespace")}
 
 
+def quarantine_index(body: dict[str, Any]) -> dict[Any, HeldQuarantine]:
+    """An incident's entries in the index of quarantines: by namespace; by ("policy",
+    namespace, name) of its own policy; and by ("pod", namespace, uid) for each pod its
+    steps recorded there, so that a policy over some pods finds the quarantines of
+    those pods without trying every other."""
+    held = quarantines_of(body)
+    entries: dict[Any, HeldQuarantine] = dict(held)
+    for namespace, quarantine in held.items():
+        entries[("policy", namespace, quarantine.policy)] = quarantine
+        for uid in quarantined_pods(body, namespace):
+            entries[("pod", namespace, uid)] = quarantine
+    return entries
+
+
 def quarantined_pods(body: dict[str, Any], namespace: str) -> set[str]:
     """The uids of every pod an incident's isolateNetwork steps recorded in a namespace,
     whatever became of them since (decided, applied, or reverted)."""
@@ -87,7 +101,7 @@ def quarantined_pods(body: dict[str, Any], namespace: str) -> set[str]:
 
 
 def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]],
-            selecting: Selecting | None) -> bool:
+            policies: PolicySet | None) -> bool:
     """Whether a check of an incident's quarantine in ``namespace`` would find nothing to
     do, judged from a fresh listing of the namespace's pods (by uid) and the watch's
     policies: it holds (Isolated), each quarantined pod of a ``pod``-scoped step is
@@ -98,7 +112,7 @@ def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]
     status = body.get("status") or {}
     isolated = next((c for c in status.get("conditions") or () if c.get("type") == ISOLATED),
                     None)
-    if selecting is None or isolated is None or isolated.get("status") != "True" \
+    if policies is None or isolated is None or isolated.get("status") != "True" \
             or (body.get("spec") or {}).get("resolution"):
         return False
     key = body["metadata"]["name"]
@@ -109,7 +123,7 @@ def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]
         if step.get("state") != StepState.applied.value \
                 or (step.get("params") or {}).get("scope", "pod") != "pod":
             return False
-        own = selecting.by_name.get(str(record.get("policy")))
+        own = policies.get(str(record.get("policy")))
         if own is None:
             return False
         label = quarantine_label(IncidentRef(namespace=body["metadata"]["namespace"],
@@ -121,7 +135,7 @@ def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]
             labels = pod["metadata"].get("labels") or {}
             if labels.get(label) != "true":
                 return False
-            if any(p is not own and not adds_nothing(p, own) for p in selecting(labels)):
+            if any(p is not own and not adds_nothing(p, own) for p in policies.selecting(labels)):
                 return False
         found = True
     return found
@@ -365,9 +379,8 @@ class Controller:
         by_uid = {p["metadata"]["uid"]: p for p in pods}
         policies = self.engine.policies(namespace) if self.engine.policies is not None \
             else None
-        selecting = Selecting(policies) if policies is not None else None
         # Only the quarantines with something to check are checked.
-        keys = [key for key, body in held if not settled(body, namespace, by_uid, selecting)]
+        keys = [key for key, body in held if not settled(body, namespace, by_uid, policies)]
         with self._lock:
             for key in keys:
                 self._swept.setdefault(key, {})[namespace] = pods

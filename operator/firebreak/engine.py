@@ -65,7 +65,8 @@ from .api import (
 from .budget import Budget
 from .config import OperatorConfig
 from .guardrails import check_step, check_target
-from .kube import Conflict, Kube, NotFound, PermanentApiError, TemporaryApiError, call
+from .isolation import PolicySet
+from .kube import Conflict, Kube, NotFound, PermanentApiError, TemporaryApiError, call, path
 from .matching import PlaybookCandidate, allowed, select_playbook
 from .planning import PlanError, plan
 
@@ -114,7 +115,7 @@ class Engine:
     budget: Budget | None = None
     # A namespace's NetworkPolicies as the watch has them (views.PolicyView), for the
     # actions; None: they list them from the API server.
-    policies: Callable[[str], list[dict[str, Any]] | None] | None = None
+    policies: Callable[[str], PolicySet | None] | None = None
 
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -312,11 +313,11 @@ class Run:
             first = {} if (current.get("status") or {}).get("signalCount") is not None \
                 else signal_fields(current)
             try:
-                written = cast(dict[str, Any], call(
-                    self.engine.kube.custom.patch_namespaced_custom_object_status,
-                    GROUP, VERSION, self.ref.namespace, INCIDENT_PLURAL, self.ref.name,
+                written = self.engine.kube.request(
+                    "PATCH", path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, self.ref.namespace,
+                                  self.ref.name, "status"),
                     {"metadata": {"resourceVersion": meta["resourceVersion"]},
-                     "status": {**first, **patch}}))
+                     "status": {**first, **patch}})
             except Conflict as exc:
                 fresh = self.engine.read(self.ref.namespace, self.ref.name)
                 if fresh is None:

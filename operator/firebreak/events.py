@@ -12,10 +12,8 @@ import queue
 import threading
 from typing import Any
 
-from kubernetes import client
-
 from .api import API_VERSION
-from .kube import Kube, call, classify
+from .kube import Kube, classify, path
 
 log = logging.getLogger(__name__)
 COMPONENT = "firebreak"
@@ -25,26 +23,29 @@ def post_event(kube: Kube, incident: dict[str, Any], type_: str, reason: str, me
                now: dt.datetime) -> None:
     """An Event about an incident (or any of Firebreak's objects: the body's kind)."""
     meta = incident["metadata"]
-    event = client.CoreV1Event(
-        metadata=client.V1ObjectMeta(generate_name=f"{meta['name'][:200]}.",
-                                     namespace=meta["namespace"]),
-        involved_object=client.V1ObjectReference(
-            api_version=API_VERSION, kind=incident.get("kind", "SecurityIncident"),
-            name=meta["name"],
-            namespace=meta["namespace"], uid=meta.get("uid"),
-            resource_version=meta.get("resourceVersion")),
-        reason=reason,
-        message=message[:1024],
-        type=type_,
-        source=client.V1EventSource(component=COMPONENT),
-        reporting_component=COMPONENT,
-        reporting_instance=COMPONENT,
-        first_timestamp=now,
-        last_timestamp=now,
-        count=1,
-    )
+    stamp = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    involved = {"apiVersion": API_VERSION, "kind": incident.get("kind", "SecurityIncident"),
+                "name": meta["name"], "namespace": meta["namespace"]}
+    for key, value in (("uid", meta.get("uid")),
+                       ("resourceVersion", meta.get("resourceVersion"))):
+        if value is not None:
+            involved[key] = value
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message[:1024],
+        "type": type_,
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": COMPONENT,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
     try:
-        call(kube.core.create_namespaced_event, meta["namespace"], event)
+        kube.request("POST", path("v1", "events", meta["namespace"]), event)
     except Exception as exc:  # an Event is never worth failing a response for
         log.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"],
                     meta["name"], classify(exc))

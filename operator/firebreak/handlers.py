@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import logging
 import os
 import secrets
@@ -36,7 +37,7 @@ from .api import (
 )
 from .budget import Budget
 from .config import OperatorConfig
-from .controller import INCIDENT, PLAYBOOK, Controller, HeldQuarantine, quarantines_of
+from .controller import INCIDENT, PLAYBOOK, Controller, HeldQuarantine, quarantine_index
 from .engine import Engine
 from .events import EventPoster
 from .intake import Intake
@@ -267,13 +268,16 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
     return {key: copy.deepcopy(value) for key, value in body.items()}
 
 
+# Indexes are asynchronous: Kopf would run a plain function in a thread, a hop that
+# costs more than the function.
 @kopf.index(GROUP, VERSION, INCIDENT_PLURAL)
-def quarantines(body: kopf.Body, **_: Any) -> dict[str, HeldQuarantine]:
-    return quarantines_of(dict(body))
+async def quarantines(body: kopf.Body, **_: Any) -> dict[Any, HeldQuarantine]:
+    """The incidents holding a quarantine: by namespace, and by (namespace, pod uid)."""
+    return quarantine_index(dict(body))
 
 
 @kopf.index("networking.k8s.io", "v1", "networkpolicies")
-def policy_view(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def policy_view(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Every policy the watch delivers goes into the operator's view of them
     (views.py); as an index, its first listing is complete before any incident is
     handled. Nothing is kept in Kopf's own index."""
@@ -284,7 +288,7 @@ def policy_view(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies")
 async def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
-                         quarantines: kopf.Index[str, HeldQuarantine] | None = None,
+                         quarantines: kopf.Index[Any, HeldQuarantine] | None = None,
                          **_: Any) -> None:
     """A policy in a namespace holding a quarantine appeared, changed or went: each
     incident there puts its quarantine back and judges it again, at once."""
@@ -297,7 +301,15 @@ async def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
     controller = services(memo).controller
     namespace = str(meta.get("namespace"))
     theirs = controller.quarantined_by(dict(body)) if owner else None
-    for held in quarantines.get(namespace, []):
+    # An incident's quarantine policy can open only the pods it quarantines: only its
+    # own incident and the quarantines of those pods are asked (found by pod, not by
+    # trying every quarantine of the namespace).
+    candidates = list(quarantines.get(namespace, [])) if theirs is None else list({
+        (h.namespace, h.name): h for h in itertools.chain(
+            quarantines.get(("policy", namespace, meta.get("name")), []),
+            *(quarantines.get(("pod", namespace, uid), []) for uid in sorted(theirs)))
+    }.values())
+    for held in candidates:
         if meta.get("name") == held.policy and owner == held.uid:
             if type in (None, "ADDED"):
                 continue  # its own policy, as it made it

@@ -64,7 +64,7 @@ from .kube import (
     PermanentApiError,
     TemporaryApiError,
     call,
-    create,
+    path,
     read,
 )
 from .sources.signal import Signal, SignalStatus, incident_name
@@ -202,12 +202,11 @@ class Intake:
                 if time_ is not None:
                     annotations[SIGNAL_TIME_ANNOTATION] = time_
                 try:
-                    created = cast(dict[str, Any] | None, create(
-                        self.kube.custom.create_namespaced_custom_object, GROUP, VERSION,
-                        namespace, INCIDENT_PLURAL,
+                    created = self.kube.create(
+                        path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, namespace),
                         {**body, "metadata": {**body["metadata"], "name": name,
                                               "annotations": annotations}},
-                        **self._options(deadline)))
+                        **self._options(deadline))
                 except NotFound as exc:
                     # The API server's own words for a namespace that does not exist
                     # (a CRD not installed is a 404 too, and must not be taken for it).
@@ -255,9 +254,8 @@ class Intake:
         return not seen
 
     def _read(self, namespace: str, name: str, deadline: Deadline | None) -> dict[str, Any] | None:
-        result = read(self.kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
-                      INCIDENT_PLURAL, name, **self._options(deadline))
-        return cast(dict[str, Any] | None, result)
+        return self.kube.read(path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, namespace, name),
+                              **self._options(deadline))
 
     def _count(self, namespace: str, name: str, now: dt.datetime, time_: str | None,
                current: dict[str, Any], deadline: Deadline | None) -> bool:
@@ -282,8 +280,9 @@ class Intake:
                 "status": fields,
             }
             try:
-                call(self.kube.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
-                     namespace, INCIDENT_PLURAL, name, patch, **self._options(deadline))
+                self.kube.request("PATCH", path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, namespace,
+                                                name, "status"),
+                                  patch, **self._options(deadline))
                 return not repeat
             except Conflict:
                 pass
@@ -332,6 +331,10 @@ class Intake:
         try:
             obj = read_object(self.kube, target.kind.value, target.namespace, target.name,
                               **self._options(deadline))
+            if obj is not None and target.kind is TargetKind.pod:
+                # For the quarantine about to be decided, so that it need not read the
+                # pod again (actions/network.py).
+                self.kube.handoff.put("Pod", target.namespace or "", target.name, obj)
             owner = controller_of(obj) if obj is not None else None
             if owner is not None and owner["kind"] == "ReplicaSet":
                 owner = self._owner_of(target.namespace or "", owner, deadline) or owner

@@ -20,7 +20,7 @@ anything: those are judged by what they could let in, not by who is there today.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ DNS_PORTS = frozenset({("UDP", 53), ("TCP", 53)})
 Direction = Literal["ingress", "egress"]
 DIRECTIONS: tuple[Direction, ...] = ("ingress", "egress")
 Obj = Mapping[str, Any]
+Policy = dict[str, Any]  # a NetworkPolicy as the API has it
 
 
 def quarantine_label(key: str) -> str:
@@ -128,31 +129,90 @@ def is_quarantine_policy(policy: Obj) -> bool:
     return any(k.startswith(QUARANTINE_PREFIX) for k in selector.get("matchLabels") or {})
 
 
-class Selecting:
-    """Which of a namespace's policies select a pod, by its labels: a quarantine policy
-    (one per incident, selecting by its label alone) is found by the pod's labels,
-    every other policy is tried."""
+def _by_its_label(policy: Obj) -> str | None:
+    """The quarantine label a policy selects by, when that is all it selects by (the
+    shape of every incident's own policy); None for any other policy."""
+    selector = (policy.get("spec") or {}).get("podSelector") or {}
+    match = selector.get("matchLabels") or {}
+    if len(match) != 1 or selector.get("matchExpressions"):
+        return None
+    ((label, value),) = match.items()
+    return label if value == "true" and label.startswith(QUARANTINE_PREFIX) else None
 
-    def __init__(self, policies: Sequence[Obj]) -> None:
-        self.by_name = {p["metadata"]["name"]: p for p in policies}
-        self.by_label: dict[str, list[Obj]] = {}
-        self.others: list[Obj] = []
+
+class PolicySet:
+    """A namespace's policies by name, and which of them select a pod, by its labels: a
+    quarantine policy (one per incident, selecting by its label alone) is found by the
+    pod's labels, every other policy is tried. Kept up to date one policy at a time
+    (``put``, ``discard``), so that a namespace of a thousand quarantines is not
+    indexed again for every question; ``copy`` is cheap (its containers are replaced,
+    never changed in place, so copies share them)."""
+
+    __slots__ = ("_by_label", "_by_name", "_others")
+
+    def __init__(self, policies: Iterable[Policy] = ()) -> None:
+        self._by_name: dict[str, Policy] = {}
+        self._by_label: dict[str, tuple[Policy, ...]] = {}
+        self._others: dict[str, Policy] = {}
         for policy in policies:
-            selector = (policy.get("spec") or {}).get("podSelector") or {}
-            match = selector.get("matchLabels") or {}
-            if is_quarantine_policy(policy) and len(match) == 1 \
-                    and not selector.get("matchExpressions"):
-                ((label, value),) = match.items()
-                if value == "true":
-                    self.by_label.setdefault(label, []).append(policy)
-                    continue
-            self.others.append(policy)
+            self.put(policy)
 
-    def __call__(self, labels: Mapping[str, str]) -> list[Obj]:
+    def put(self, policy: Policy) -> None:
+        """Add a policy, or replace the one of its name."""
+        name = policy["metadata"]["name"]
+        self.discard(name)
+        self._by_name[name] = policy
+        label = _by_its_label(policy)
+        if label is None:
+            self._others[name] = policy
+        else:
+            self._by_label[label] = (*self._by_label.get(label, ()), policy)
+
+    def discard(self, name: str) -> None:
+        old = self._by_name.pop(name, None)
+        if old is None:
+            return
+        label = _by_its_label(old)
+        if label is None:
+            del self._others[name]
+            return
+        kept = tuple(p for p in self._by_label[label] if p["metadata"]["name"] != name)
+        if kept:
+            self._by_label[label] = kept
+        else:
+            del self._by_label[label]
+
+    def copy(self) -> PolicySet:
+        other = PolicySet.__new__(PolicySet)
+        other._by_name = self._by_name.copy()
+        other._by_label = self._by_label.copy()
+        other._others = self._others.copy()
+        return other
+
+    def get(self, name: str) -> Policy | None:
+        return self._by_name.get(name)
+
+    def selecting(self, labels: Mapping[str, str]) -> list[Policy]:
+        """The policies that select a pod with these labels."""
         found = [p for label, value in labels.items() if value == "true"
-                 for p in self.by_label.get(label, ())]
-        return found + [p for p in self.others
+                 for p in self._by_label.get(label, ())]
+        return found + [p for p in self._others.values()
                         if selects((p.get("spec") or {}).get("podSelector") or {}, labels)]
+
+    def by_label(self) -> dict[str, list[str]]:
+        """The names of the policies found by their quarantine label, per label."""
+        return {label: [p["metadata"]["name"] for p in found]
+                for label, found in self._by_label.items()}
+
+    def tried(self) -> list[str]:
+        """The names of the policies tried against a pod's labels."""
+        return list(self._others)
+
+    def __iter__(self) -> Iterator[Policy]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
 
 
 # --- judging rules -------------------------------------------------------------------------
@@ -370,11 +430,10 @@ def without_exclusion(selector: Obj, key: str) -> dict[str, Any]:
     return updated
 
 
-def to_exclude(findings: Iterable[Finding], policies: Sequence[Obj], own_policy: str
+def to_exclude(findings: Iterable[Finding], policies: PolicySet, own_policy: str
                ) -> list[str]:
     """The policies whose rules defeat the quarantine and may be given the exclusion
     term: not the quarantine's own, not another quarantine's."""
-    by_name = {p["metadata"]["name"]: p for p in policies}
     names = {f.policy for f in findings if f.policy not in (None, own_policy)}
-    return sorted(n for n in names if n is not None and n in by_name
-                  and not is_quarantine_policy(by_name[n]))
+    return sorted(n for n in names if n is not None and (p := policies.get(n)) is not None
+                  and not is_quarantine_policy(p))

@@ -14,9 +14,13 @@ Callers tell errors apart by class, not by status code: ``NotFound``, ``Conflict
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import tenacity
 import urllib3
@@ -188,11 +192,74 @@ def read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         return None
 
 
+# What a JSON body means for each verb that has one. A list is a JSON Patch; an
+# object patch is a merge patch, or a strategic merge patch where the caller says so.
+JSON = "application/json"
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+
+
+def path(api_version: str, plural: str, namespace: str | None = None, name: str | None = None,
+         subresource: str | None = None) -> str:
+    """The REST path of a resource, a namespace's collection of it, or one object:
+    ``path("v1", "pods", "shop", "web-0")`` is ``/api/v1/namespaces/shop/pods/web-0``."""
+    parts = ["/api" if "/" not in api_version else "/apis", api_version]
+    if namespace is not None:
+        parts += ["namespaces", quote(namespace, safe="")]
+    parts.append(plural)
+    if name is not None:
+        parts.append(quote(name, safe=""))
+    if subresource is not None:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+class Handoff:
+    """Objects one part of the operator read a moment ago, for the part that is about
+    to read them again (intake reads the pod an alert names; the engine, a few
+    milliseconds later, would read it once more to quarantine it). An object is taken
+    once, within ``ttl`` seconds of its read; whoever takes it must not rely on it
+    being current beyond that (its writes carry the uid as a precondition)."""
+
+    def __init__(self, ttl: float = 2.0, limit: int = 1024,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._held: OrderedDict[tuple[str, str, str], tuple[float, dict[str, Any]]] = \
+            OrderedDict()
+
+    def put(self, kind: str, namespace: str, name: str, obj: dict[str, Any]) -> None:
+        with self._lock:
+            self._held[(kind, namespace, name)] = (self._clock(), obj)
+            self._held.move_to_end((kind, namespace, name))
+            while len(self._held) > self.limit:
+                self._held.popitem(last=False)
+
+    def take(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            held = self._held.pop((kind, namespace, name), None)
+        if held is None or self._clock() - held[0] > self.ttl:
+            return None
+        return held[1]
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
 @dataclass
 class Kube:
-    """Typed API groups over one ``ApiClient``; objects are handled as plain dicts."""
+    """Typed API groups over one ``ApiClient``; objects are handled as plain dicts.
+
+    The hot path (intake, the engine's status, a quarantine's writes, Events) speaks
+    to the API server through ``request``: the same connection pool, credentials and
+    error taxonomy, without the generated client's per-call validation and
+    serialisation, which cost more than the request itself."""
 
     api_client: client.ApiClient
+    handoff: Handoff = field(default_factory=Handoff)
 
     def __post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api_client)
@@ -217,6 +284,54 @@ class Kube:
         if agent:
             api_client.user_agent = agent
         return cls(api_client)
+
+    def request(self, method: str, url_path: str, body: Any = None, *,
+                query: Mapping[str, str] | None = None, content_type: str | None = None,
+                **options: Any) -> dict[str, Any]:
+        """One API request; the answer as the API's own JSON. Temporary failures are
+        retried, errors raised classified: as ``call``, with its ``options``
+        (``retry_for``, ``_request_timeout``)."""
+        return call(self._send, method, url_path, body, query, content_type, **options)
+
+    def _send(self, method: str, url_path: str, body: Any, query: Mapping[str, str] | None,
+              content_type: str | None, _request_timeout: float = REQUEST_TIMEOUT
+              ) -> dict[str, Any]:
+        configuration = self.api_client.configuration
+        headers = {**self.api_client.default_headers, "Accept": JSON}
+        for setting in configuration.auth_settings().values():  # refreshes a token
+            if setting["in"] == "header":
+                headers[setting["key"]] = setting["value"]
+        data = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":"))
+            headers["Content-Type"] = content_type or (
+                JSON if method != "PATCH" else JSON_PATCH if isinstance(body, list)
+                else MERGE_PATCH)
+        url = configuration.host + url_path + (f"?{urlencode(query)}" if query else "")
+        response = self.api_client.rest_client.pool_manager.request(
+            method, url, body=data, headers=headers,
+            timeout=urllib3.Timeout(total=_request_timeout), preload_content=False)
+        payload = response.data
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=response.reason,
+                               body=payload.decode("utf-8", errors="replace"))
+        result: dict[str, Any] = json.loads(payload)
+        return result
+
+    def read(self, url_path: str, **options: Any) -> dict[str, Any] | None:
+        """GET one object; None when it does not exist."""
+        try:
+            return self.request("GET", url_path, **options)
+        except NotFound:
+            return None
+
+    def create(self, url_path: str, body: dict[str, Any], **options: Any
+               ) -> dict[str, Any] | None:
+        """POST an object; None when one of its name exists already."""
+        try:
+            return self.request("POST", url_path, body, **options)
+        except Conflict:
+            return None
 
     def served(self, group: str, version: str) -> bool:
         """Whether the API server serves ``group/version`` (for optional APIs)."""

@@ -22,6 +22,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from .isolation import PolicySet
+
 Obj = dict[str, Any]
 # Of a policy's annotations, only those the operator reads are kept.
 KEPT_ANNOTATIONS = ("firebreak.dev/incident-uid",)
@@ -48,7 +50,7 @@ class PolicyView:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_namespace: dict[str, dict[str, Obj]] = {}
+        self._by_namespace: dict[str, PolicySet] = {}
         self._synced = False
 
     def upsert(self, policy: Mapping[str, Any]) -> None:
@@ -58,33 +60,40 @@ class PolicyView:
         meta = kept["metadata"]
         namespace, name = str(meta["namespace"]), str(meta["name"])
         with self._lock:
-            policies = self._by_namespace.setdefault(namespace, {})
+            policies = self._by_namespace.get(namespace)
+            if policies is None:
+                policies = self._by_namespace[namespace] = PolicySet()
             held = policies.get(name)
             if held is not None and _older(meta["resourceVersion"],
                                            held["metadata"]["resourceVersion"]):
                 return
-            policies[name] = kept
+            policies.put(kept)
 
     def remove(self, namespace: str, name: str) -> None:
         with self._lock:
-            (self._by_namespace.get(namespace) or {}).pop(name, None)
+            policies = self._by_namespace.get(namespace)
+            if policies is not None:
+                policies.discard(name)
 
     def mark_synced(self) -> None:
         """The watch's first listing has been delivered in full."""
         self._synced = True
 
-    def in_namespace(self, namespace: str) -> list[Obj] | None:
-        """The namespace's policies (shared with the view: read only), or None while
-        the first listing is still arriving."""
+    def in_namespace(self, namespace: str) -> PolicySet | None:
+        """The namespace's policies, a copy the caller may change (the policies in it
+        are the view's: read only), or None while the first listing is still
+        arriving."""
         if not self._synced:
             return None
         with self._lock:
-            return list((self._by_namespace.get(namespace) or {}).values())
+            policies = self._by_namespace.get(namespace)
+            return policies.copy() if policies is not None else PolicySet()
 
     def get(self, namespace: str, name: str) -> Obj | None:
         """One policy as the watch has it (its spec shared, read only), or None."""
         with self._lock:
-            return (self._by_namespace.get(namespace) or {}).get(name)
+            policies = self._by_namespace.get(namespace)
+            return policies.get(name) if policies is not None else None
 
     def __len__(self) -> int:
         with self._lock:

@@ -360,7 +360,10 @@ class Recorder:
         return copy.deepcopy(obj)
 
     def _patch(self, resource: str, namespace: str | None, name: str, subresource: str | None,
-               patch: Obj, content_type: str) -> Obj:
+               patch: Any, content_type: str) -> Obj:
+        if "json-patch" in content_type and subresource is None:
+            obj = self._found(resource, namespace, name)
+            return self._store(resource, obj, _json_patch(copy.deepcopy(obj), patch))
         if "merge-patch" not in content_type and "strategic-merge-patch" not in content_type:
             raise Refusal(415, f"{content_type} is not modelled")
         if "strategic" in content_type and _has_list(patch):
@@ -507,6 +510,28 @@ def _has_list(value: Any) -> bool:
     if isinstance(value, list):
         return True
     return isinstance(value, dict) and any(_has_list(v) for v in value.values())
+
+
+def _json_patch(obj: Obj, operations: list[Obj]) -> Obj:
+    """RFC 6902 over plain objects: test, add, replace, remove (what the operator sends)."""
+    for op in operations:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~")
+                          for p in op["path"].split("/")[1:]]
+        target: Any = obj
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target.get(part)
+            if target is None:
+                raise Refusal(422, f"the path {op['path']} does not exist")
+        if op["op"] == "test":
+            if (target.get(last) if isinstance(target, dict) else None) != op["value"]:
+                raise Refusal(422, f"the test operation on {op['path']} failed")
+        elif op["op"] in ("add", "replace"):
+            target[last] = copy.deepcopy(op["value"])
+        elif op["op"] == "remove":
+            target.pop(last, None)
+        else:
+            raise Refusal(415, f"the JSON Patch operation {op['op']} is not modelled")
+    return obj
 
 
 def _dig(obj: Obj, path: str) -> Any:

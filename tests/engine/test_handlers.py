@@ -111,6 +111,15 @@ async def settle(memo: kopf.Memo) -> None:
     raise AssertionError("the controller's queue never settled")
 
 
+async def indexed(api: Recorder, *names: str) -> dict[Any, list[Any]]:
+    """The index of quarantines as Kopf keeps it, over these incidents as stored now."""
+    index: dict[Any, list[Any]] = {}
+    for name in names:
+        for key, value in (await handlers.quarantines(body=incident(api, name))).items():
+            index.setdefault(key, []).append(value)
+    return index
+
+
 async def seen(memo: kopf.Memo, api: Recorder, *books: Any, event: str = "MODIFIED",
                name: str = "miner") -> None:
     """Kopf's event for the incident as stored now, then the workers' run."""
@@ -197,7 +206,7 @@ async def test_a_policy_change_near_a_quarantine_puts_it_back(api: Recorder,
     api.request("PATCH", f"/api/v1/namespaces/{NS}/pods/web-5d9c-0",
                 body='{"metadata": {"labels": {"quarantine.firebreak.dev/miner": null}}}',
                 headers={"Content-Type": "application/merge-patch+json"})
-    quarantines = {NS: [handlers.quarantines(body=incident(api))[NS]]}
+    quarantines = await indexed(api, "miner")
     other = {"metadata": {"name": "allow-all", "namespace": NS}, "spec": {}}
     await handlers.network_policy(type="ADDED", body=other, memo=memo, quarantines=quarantines)
     await settle(memo)
@@ -212,12 +221,28 @@ async def test_its_own_policy_as_it_made_it_asks_for_no_check(api: Recorder,
                                                              memo: kopf.Memo) -> None:
     add_incident(api)
     await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
-    held = handlers.quarantines(body=incident(api))[NS]
+    held = (await handlers.quarantines(body=incident(api)))[NS]
     own = api.get("networkpolicies", NS, held.policy)
     await handlers.network_policy(type="ADDED", body=own, memo=memo,
-                                  quarantines={NS: [held]})
+                                  quarantines=await indexed(api, "miner"))
     assert handlers.services(memo).controller.queue.idle()
     assert (INCIDENT, NS, "miner") not in handlers.services(memo).controller.queue
+
+
+async def test_its_own_policy_changed_asks_for_a_check_even_with_no_pod_left_to_hold(
+        api: Recorder, memo: kopf.Memo) -> None:
+    add_incident(api)
+    await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
+    held = (await handlers.quarantines(body=incident(api)))[NS]
+    index = await indexed(api, "miner")
+    assert [k for k in index if k[0] == "pod"] != []
+    # Found by its policy's name, not by the pods: here it records none.
+    index = {k: v for k, v in index.items() if k[0] != "pod"}
+    own = api.get("networkpolicies", NS, held.policy)
+    assert own is not None
+    edited = {**own, "spec": {**own["spec"], "ingress": [{}]}}
+    await handlers.network_policy(type="MODIFIED", body=edited, memo=memo, quarantines=index)
+    assert (INCIDENT, NS, "miner") in handlers.services(memo).controller.queue
 
 
 def test_a_vulnerability_report_opens_an_incident(api: Recorder, memo: kopf.Memo) -> None:
@@ -373,14 +398,13 @@ async def test_another_incidents_quarantine_policy_asks_for_one_check_within_a_s
         api: Recorder, memo: kopf.Memo) -> None:
     add_incident(api)
     await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
-    held = handlers.quarantines(body=incident(api))[NS]
     theirs = {"metadata": {"name": "firebreak-quarantine-other", "namespace": NS,
                            "annotations": {"firebreak.dev/incident-uid": "another-uid"}},
               "spec": {}}
     queue = handlers.services(memo).controller.queue
     for _ in range(3):
         await handlers.network_policy(type="ADDED", body=theirs, memo=memo,
-                                      quarantines={NS: [held]})
+                                      quarantines=await indexed(api, "miner"))
     assert (INCIDENT, NS, "miner") in queue
     assert queue.idle()  # not yet: within the second, once
     assert queue.pending() == 1
@@ -396,21 +420,21 @@ async def test_another_incidents_quarantine_of_other_pods_asks_for_no_check(
                  target={"kind": "Pod", "namespace": NS, "name": "web-5d9c-1"})
     for name in ("miner", "again", "elsewhere"):
         await seen(memo, api, playbook("contain", ISOLATE), event="ADDED", name=name)
-    held = {name: handlers.quarantines(body=incident(api, name))[NS]
+    held = {name: (await handlers.quarantines(body=incident(api, name)))[NS]
             for name in ("miner", "again", "elsewhere")}
     controller = handlers.services(memo).controller
     # The policy of "elsewhere" selects only its own pod: nothing "miner" holds.
     theirs = api.get("networkpolicies", NS, held["elsewhere"].policy)
     assert theirs is not None
     await handlers.network_policy(type="MODIFIED", body=theirs, memo=memo,
-                                  quarantines={NS: [held["miner"], held["again"]]})
+                                  quarantines=await indexed(api, "miner", "again"))
     assert (INCIDENT, NS, "miner") not in controller.queue
     assert (INCIDENT, NS, "again") not in controller.queue
     # The policy of "again" quarantines the pod "miner" holds too: one check.
     ours = api.get("networkpolicies", NS, held["again"].policy)
     assert ours is not None
     await handlers.network_policy(type="MODIFIED", body=ours, memo=memo,
-                                  quarantines={NS: [held["miner"], held["elsewhere"]]})
+                                  quarantines=await indexed(api, "miner", "elsewhere"))
     assert (INCIDENT, NS, "miner") in controller.queue
     assert (INCIDENT, NS, "elsewhere") not in controller.queue
 
@@ -421,7 +445,7 @@ async def test_the_policy_watch_feeds_the_view_which_answers_once_incidents_are_
     assert view is not None
     allow = {"metadata": {"name": "allow", "namespace": NS, "resourceVersion": "5"},
              "spec": {"podSelector": {}}}
-    handlers.policy_view(body=allow, memo=memo)
+    await handlers.policy_view(body=allow, memo=memo)
     assert view.in_namespace(NS) is None  # the first listing may still be arriving
     # Kopf hands over incidents only once every index has its first listing.
     add_incident(api)
@@ -429,11 +453,12 @@ async def test_the_policy_watch_feeds_the_view_which_answers_once_incidents_are_
     assert [p["metadata"]["name"] for p in view.in_namespace(NS) or []] == ["allow"]
     changed = {**allow, "metadata": {**allow["metadata"], "resourceVersion": "6"}}
     # Kopf hands every change to the index first, then to the event handler.
-    handlers.policy_view(body=changed, memo=memo)
+    await handlers.policy_view(body=changed, memo=memo)
     await handlers.network_policy(type="MODIFIED", body=changed, memo=memo, quarantines={})
     assert [p["metadata"]["resourceVersion"] for p in view.in_namespace(NS) or []] == ["6"]
     await handlers.network_policy(type="DELETED", body=changed, memo=memo, quarantines={})
-    assert view.in_namespace(NS) == []
+    emptied = view.in_namespace(NS)
+    assert emptied is not None and len(emptied) == 0
 
 
 async def test_another_quarantine_of_the_same_pod_allowing_no_more_asks_for_no_check(
@@ -442,19 +467,19 @@ async def test_another_quarantine_of_the_same_pod_allowing_no_more_asks_for_no_c
     add_incident(api, name="again")
     for name in ("miner", "again"):
         await seen(memo, api, playbook("contain", ISOLATE), event="ADDED", name=name)
-    held = {name: handlers.quarantines(body=incident(api, name))[NS] for name in ("miner", "again")}
+    held = {name: (await handlers.quarantines(body=incident(api, name)))[NS] for name in ("miner", "again")}
     for name in ("miner", "again"):  # as the policy watch delivers them
-        handlers.policy_view(body=api.get("networkpolicies", NS, held[name].policy), memo=memo)
+        await handlers.policy_view(body=api.get("networkpolicies", NS, held[name].policy), memo=memo)
     controller = handlers.services(memo).controller
     theirs = api.get("networkpolicies", NS, held["again"].policy)
     assert theirs is not None
     await handlers.network_policy(type="MODIFIED", body=theirs, memo=memo,
-                                  quarantines={NS: [held["miner"]]})
+                                  quarantines=await indexed(api, "miner"))
     assert (INCIDENT, NS, "miner") not in controller.queue
     # Edited to let more in (here: from every pod of the namespace), it is judged.
     wider = {**theirs, "spec": {**theirs["spec"], "ingress": [{"from": [{"podSelector": {}}]}]}}
     await handlers.network_policy(type="MODIFIED", body=wider, memo=memo,
-                                  quarantines={NS: [held["miner"]]})
+                                  quarantines=await indexed(api, "miner"))
     assert (INCIDENT, NS, "miner") in controller.queue
 
 

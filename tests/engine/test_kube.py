@@ -4,16 +4,20 @@ and the rest, never compare status codes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from kubernetes import client
 
 from firebreak.kube import (
+    STRATEGIC_MERGE_PATCH,
     AlreadyExists,
     ApiError,
     BadRequest,
     Conflict,
     Forbidden,
     Gone,
+    Handoff,
     Invalid,
     Kube,
     NotFound,
@@ -22,6 +26,7 @@ from firebreak.kube import (
     call,
     create,
     delete,
+    path,
     raw,
     read,
     read_raw,
@@ -87,3 +92,98 @@ def test_absent_objects_read_as_none_and_delete_as_not_existing(api: Recorder,
     api.fail("get", "pods", 403, "forbidden")
     with pytest.raises(Forbidden):
         read_raw(kube.core.read_namespaced_pod, "p", NS)
+
+
+# --- the direct requests of the hot path ----------------------------------------------
+
+
+def test_paths_name_the_group_the_namespace_and_quote_names() -> None:
+    assert path("v1", "pods", NS, "web-0") == "/api/v1/namespaces/shop/pods/web-0"
+    assert path("v1", "nodes", name="n-1") == "/api/v1/nodes/n-1"
+    assert path("networking.k8s.io/v1", "networkpolicies", NS) == \
+        "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies"
+    assert path("firebreak.dev/v1alpha1", "securityincidents", NS, "a/b?c", "status") == \
+        "/apis/firebreak.dev/v1alpha1/namespaces/shop/securityincidents/a%2Fb%3Fc/status"
+
+
+@pytest.mark.parametrize(("status", "error"), [
+    (400, BadRequest), (403, Forbidden), (404, NotFound), (409, Conflict), (410, Gone),
+    (422, Invalid), (401, PermanentApiError),
+])
+def test_a_direct_request_raises_the_same_classes(api: Recorder, kube: Kube, status: int,
+                                                  error: type[ApiError]) -> None:
+    api.fail("get", "pods", status, "told so")
+    with pytest.raises(error) as raised:
+        kube.request("GET", path("v1", "pods", NS, "p"))
+    assert type(raised.value) is error and raised.value.status == status
+    assert str(raised.value).endswith(": told so")
+
+
+@pytest.mark.usefixtures("no_retries")
+def test_a_direct_request_is_retried_then_raised_temporary(api: Recorder, kube: Kube) -> None:
+    api.fail("get", "pods", 503, "busy")
+    with pytest.raises(TemporaryApiError):
+        kube.request("GET", path("v1", "pods", NS, "p"))
+
+
+def test_a_direct_request_retries_a_temporary_failure(api: Recorder, kube: Kube) -> None:
+    call(kube.core.create_namespaced_pod, NS, POD)
+    api.fail("get", "pods", 503, "busy", times=1)
+    assert kube.request("GET", path("v1", "pods", NS, "p"), retry_for=5.0)["metadata"][
+        "name"] == "p"
+    assert api.requests.count(("GET", f"/api/v1/namespaces/{NS}/pods/p")) == 2
+
+
+def test_direct_reads_creates_and_patches(api: Recorder, kube: Kube) -> None:
+    pods = path("v1", "pods", NS)
+    assert kube.read(path("v1", "pods", NS, "p")) is None
+    created = kube.create(pods, POD)
+    assert created is not None and created["metadata"]["uid"]
+    assert kube.create(pods, POD) is None  # the name is taken: idempotent
+    # An object patch is a merge patch unless told otherwise; a list is a JSON Patch.
+    kube.request("PATCH", path("v1", "pods", NS, "p"), {"metadata": {"labels": {"a": "1"}}})
+    kube.request("PATCH", path("v1", "pods", NS, "p"),
+                 {"metadata": {"labels": {"b": "2"}}}, content_type=STRATEGIC_MERGE_PATCH)
+    kube.request("PATCH", path("v1", "pods", NS, "p"),
+                 [{"op": "replace", "path": "/spec/nodeName", "value": "n-1"}])
+    assert [w.content_type for w in api.writes] == [
+        "application/json", "application/merge-patch+json",
+        "application/strategic-merge-patch+json", "application/json-patch+json"]
+    stored = kube.read(path("v1", "pods", NS, "p"))
+    assert stored is not None and stored["metadata"]["labels"] == {"a": "1", "b": "2"}
+    assert stored["spec"]["nodeName"] == "n-1"
+
+
+def test_a_direct_request_carries_the_credentials_and_the_user_agent(kube: Kube) -> None:
+    seen: list[dict[str, str]] = []
+    original = kube.api_client.rest_client.pool_manager
+
+    class Spy:
+        def request(self, method: str, url: str, **kwargs: Any) -> Any:
+            seen.append(kwargs["headers"])
+            return original.request(method, url, **kwargs)
+
+    kube.api_client.configuration.api_key = {"authorization": "Bearer t0ken"}
+    kube.api_client.user_agent = "firebreak/test (replica-a)"
+    kube.api_client.rest_client.pool_manager = Spy()
+    kube.read(path("v1", "pods", NS, "p"))
+    assert seen[0]["authorization"] == "Bearer t0ken"
+    assert seen[0]["User-Agent"] == "firebreak/test (replica-a)"
+    assert seen[0]["Accept"] == "application/json"
+
+
+def test_a_handoff_serves_once_within_its_time_and_keeps_the_latest() -> None:
+    now = [0.0]
+    handoff = Handoff(ttl=2.0, limit=2, clock=lambda: now[0])
+    handoff.put("Pod", NS, "a", {"v": 1})
+    assert handoff.take("Pod", NS, "a") == {"v": 1}
+    assert handoff.take("Pod", NS, "a") is None  # once
+    handoff.put("Pod", NS, "a", {"v": 2})
+    now[0] = 2.5
+    assert handoff.take("Pod", NS, "a") is None  # too old
+    handoff.put("Pod", NS, "a", {"v": 3})
+    handoff.put("Pod", NS, "b", {"v": 4})
+    handoff.put("Pod", NS, "c", {"v": 5})  # over the limit: the oldest goes
+    assert len(handoff) == 2
+    assert handoff.take("Pod", NS, "a") is None
+    assert handoff.take("Pod", "other", "b") is None and handoff.take("Pod", NS, "b") == {"v": 4}

@@ -1,7 +1,11 @@
 """The requests one incident costs on the common path (an alert about a pod, a
 playbook that isolates it without approval, no other policy in the namespace), one
 by one: intake's and the engine's, Events included. A change that adds a request to
-every incident fails here, with the list to read."""
+every incident fails here, with the list to read.
+
+The pod is read once, by intake; the quarantine decided a moment later uses that
+read (``Kube.handoff``), labels the pod with its uid as a precondition, and judges
+the pod as the labelling stored it."""
 
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ def watched(api: Recorder) -> PolicyView:
 
 
 @pytest.mark.parametrize("view", [False, True], ids=["listed", "watched"])
-def test_one_alert_about_a_pod_costs_eight_requests_nine_without_the_watch(
+def test_one_alert_about_a_pod_costs_seven_requests_eight_without_the_watch(
         api: Recorder, clock: Clock, view: bool) -> None:
     add_nodes(api, "node-a")
     add_app(api)
@@ -68,7 +72,6 @@ def test_one_alert_about_a_pod_costs_eight_requests_nine_without_the_watch(
     assert api.requests == [
         ("GET", f"{POD}/web-5d9c-0"),                   # intake: the pod's workload
         ("POST", INCIDENTS),                            # the incident, its first signal
-        ("GET", f"{POD}/web-5d9c-0"),                   # prepare: the pod as it is
         *listing,
         ("PATCH", f"{INCIDENTS}/{name}/status"),        # the decision, before acting
         ("POST", POLICIES),                             # the quarantine policy
@@ -82,3 +85,51 @@ def test_one_alert_about_a_pod_costs_eight_requests_nine_without_the_watch(
     assert signals(api, name)["signalCount"] == 1
     assert "signalCount" in api.get("securityincidents", NS, name)["status"]
 
+
+
+def test_the_pod_is_read_again_when_intake_did_not_read_it_a_moment_ago(
+        api: Recorder, clock: Clock) -> None:
+    add_nodes(api, "node-a")
+    add_app(api)
+    config = OperatorConfig(namespace=OPERATOR_NS)
+    kube = api.kube()
+    intake = Intake(kube, config, clock=clock, retry_for=0)
+    recorded = intake.record(alert_signal())
+    # Intake's read is too old to serve (another replica's intake: never handed over).
+    kube.handoff.ttl = 0.0
+    engine = Engine(kube=kube, config=config, actions=registry(),
+                    emit=partial(post_event, kube), clock=clock)
+    api.requests.clear()
+    engine.reconcile(NS, recorded.name, [playbook("isolate", step("isolate", "isolateNetwork"))],
+                     api.get("securityincidents", NS, recorded.name))
+    assert api.requests[0] == ("GET", f"{POD}/web-5d9c-0")
+    assert condition(api, "Isolated", recorded.name)["status"] == "True"
+    assert len(kube.handoff) == 0
+
+
+def test_a_pod_relabelled_after_intake_read_it_is_judged_and_excluded_as_stored(
+        api: Recorder, clock: Clock) -> None:
+    add_nodes(api, "node-a")
+    add_app(api)
+    # A policy opening every pod labelled tier=open to all ingress.
+    api.add({"kind": "NetworkPolicy", "metadata": {"name": "open", "namespace": NS},
+             "spec": {"podSelector": {"matchLabels": {"tier": "open"}},
+                      "policyTypes": ["Ingress"], "ingress": [{}]}})
+    config = OperatorConfig(namespace=OPERATOR_NS)
+    kube = api.kube()
+    intake = Intake(kube, config, clock=clock, retry_for=0)
+    engine = Engine(kube=kube, config=config, actions=registry(),
+                    emit=partial(post_event, kube), clock=clock,
+                    policies=watched(api).in_namespace)
+    recorded = intake.record(alert_signal())
+    # Relabelled between intake's read and the quarantine: "open" now selects it.
+    api.request("PATCH", f"{POD}/web-5d9c-0", body='{"metadata": {"labels": {"tier": "open"}}}',
+                headers={"Content-Type": "application/merge-patch+json"})
+    engine.reconcile(NS, recorded.name, [playbook("isolate", step("isolate", "isolateNetwork"))],
+                     api.get("securityincidents", NS, recorded.name))
+    # Judged from the pod as labelled, not as intake read it: "open" was excluded, and
+    # the quarantine holds.
+    selector = (api.get("networkpolicies", NS, "open") or {})["spec"]["podSelector"]
+    assert any(e["key"].startswith("quarantine.firebreak.dev/")
+               for e in selector.get("matchExpressions") or [])
+    assert condition(api, "Isolated", recorded.name)["status"] == "True"

@@ -11,7 +11,7 @@ import pytest
 from firebreak.isolation import (
     Allowances,
     PodView,
-    Selecting,
+    PolicySet,
     World,
     adds_nothing,
     excess,
@@ -225,7 +225,7 @@ def test_only_foreign_non_quarantine_policies_are_excluded() -> None:
     policies = [OWN_POLICY, allow_all, forged]
     found = excess(TARGET, policies, OWN, ALLOW, WORLD)
     assert {f.policy for f in found} == {"allow-all", "firebreak-quarantine-evil"}
-    assert to_exclude(found, policies, OWN) == ["allow-all"]
+    assert to_exclude(found, PolicySet(policies), OWN) == ["allow-all"]
 
 
 def test_the_quarantine_label_is_the_firebreak_prefix_and_the_incident_key() -> None:
@@ -521,25 +521,60 @@ def test_the_policies_selecting_a_pod_are_found_by_its_quarantine_labels_and_tri
     odd = policy("firebreak-quarantine-odd", {"matchLabels": {quarantine_label("odd"): "yes"}})
     front = policy("front", {"matchLabels": {"tier": "front"}})
     db = policy("db", {"matchLabels": {"app": "db"}})
-    index = Selecting([OWN_POLICY, theirs, narrowed, odd, front, db])
+    index = PolicySet([OWN_POLICY, theirs, narrowed, odd, front, db])
     # Found by label, not tried: the quarantine policies that select by their label alone.
-    assert {label: [p["metadata"]["name"] for p in found]
-            for label, found in index.by_label.items()} == {
-        quarantine_label(KEY): [OWN], quarantine_label("other"): ["firebreak-quarantine-other"]}
-    assert [p["metadata"]["name"] for p in index.others] == [
+    assert index.by_label() == {quarantine_label(KEY): [OWN],
+                                quarantine_label("other"): ["firebreak-quarantine-other"]}
+    assert index.tried() == [
         "firebreak-quarantine-narrow", "firebreak-quarantine-odd", "front", "db"]
-    assert index.by_name["front"] is front and set(index.by_name) == {
+    assert index.get("front") is front and index.get("nothing") is None
+    assert sorted(p["metadata"]["name"] for p in index) == sorted([
         OWN, "firebreak-quarantine-other", "firebreak-quarantine-narrow",
-        "firebreak-quarantine-odd", "front", "db"}
-    names = [p["metadata"]["name"] for p in index(TARGET.labels)]
+        "firebreak-quarantine-odd", "front", "db"]) and len(index) == 6
+    names = [p["metadata"]["name"] for p in index.selecting(TARGET.labels)]
     assert sorted(names) == sorted([OWN, "front"])
     both = {**TARGET.labels, quarantine_label("other"): "true", quarantine_label("odd"): "yes"}
-    assert sorted(p["metadata"]["name"] for p in index(both)) == sorted(
+    assert sorted(p["metadata"]["name"] for p in index.selecting(both)) == sorted(
         [OWN, "firebreak-quarantine-other", "firebreak-quarantine-odd", "front"])
     # A quarantine label with another value selects nothing by it.
-    assert [p["metadata"]["name"] for p in index({quarantine_label("other"): "false"})] == []
+    assert [p["metadata"]["name"] for p in index.selecting({quarantine_label("other"): "false"})] == []
     # A policy with more than the label is tried like any other.
-    assert [p["metadata"]["name"] for p in index(
+    assert [p["metadata"]["name"] for p in index.selecting(
         {quarantine_label("narrow"): "true", "app": "db"})] == ["firebreak-quarantine-narrow",
                                                                  "db"]
-    assert [p["metadata"]["name"] for p in index({quarantine_label("narrow"): "true"})] == []
+    assert index.selecting({quarantine_label("narrow"): "true"}) == []
+
+
+def test_a_policy_set_changes_one_policy_at_a_time_and_its_copies_are_apart() -> None:
+    theirs = policy("firebreak-quarantine-other",
+                    {"matchLabels": {quarantine_label("other"): "true"}})
+    front = policy("front", {"matchLabels": {"tier": "front"}})
+    index = PolicySet([OWN_POLICY, theirs, front])
+    copy = index.copy()
+    # A policy replaced under its name moves between the label index and the tried ones.
+    widened = policy("firebreak-quarantine-other", {"matchLabels": {"tier": "front"}})
+    copy.put(widened)
+    assert copy.by_label() == {quarantine_label(KEY): [OWN]}
+    assert copy.tried() == ["front", "firebreak-quarantine-other"]
+    assert [p["metadata"]["name"] for p in copy.selecting({"tier": "front"})] == [
+        "front", "firebreak-quarantine-other"]
+    assert copy.get("firebreak-quarantine-other") is widened and len(copy) == 3
+    # ... and back; two quarantine policies under one label are both found, one goes alone.
+    twin = policy("twin", {"matchLabels": {quarantine_label(KEY): "true"}})
+    copy.put(theirs)
+    copy.put(twin)
+    assert copy.by_label() == {quarantine_label(KEY): [OWN, "twin"],
+                               quarantine_label("other"): ["firebreak-quarantine-other"]}
+    copy.discard(OWN)
+    copy.discard("front")
+    copy.discard("never-there")
+    assert copy.by_label() == {quarantine_label(KEY): ["twin"],
+                               quarantine_label("other"): ["firebreak-quarantine-other"]}
+    assert copy.tried() == []
+    copy.discard("twin")
+    assert copy.by_label() == {quarantine_label("other"): ["firebreak-quarantine-other"]}
+    # The set it was copied from saw none of it.
+    assert index.by_label() == {quarantine_label(KEY): [OWN],
+                                quarantine_label("other"): ["firebreak-quarantine-other"]}
+    assert index.tried() == ["front"] and index.get("firebreak-quarantine-other") is theirs
+    assert [p["metadata"]["name"] for p in index.selecting(TARGET.labels)] == [OWN, "front"]

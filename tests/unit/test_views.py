@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from firebreak.isolation import PolicySet
 from firebreak.views import PolicyView, trimmed
 
 
@@ -70,5 +71,24 @@ def test_namespaces_are_apart_and_a_removed_policy_is_gone(view: PolicyView) -> 
     view.remove("nowhere", "a")
     assert [p["metadata"]["name"] for p in view.in_namespace("shop") or []] == ["b"]
     view.remove("shop", "b")
-    assert view.in_namespace("shop") == []
+    emptied = view.in_namespace("shop")
+    assert emptied is not None and len(emptied) == 0
     assert len(view) == 1
+
+
+def test_an_answer_is_the_callers_own_and_finds_quarantines_by_their_label(
+        view: PolicyView) -> None:
+    label = "quarantine.firebreak.dev/shop.web"
+    view.upsert(policy("allow", "1"))
+    view.upsert({"metadata": {"name": "firebreak-quarantine-web", "namespace": "shop",
+                              "resourceVersion": "2"},
+                 "spec": {"podSelector": {"matchLabels": {label: "true"}}}})
+    answer = view.in_namespace("shop")
+    assert answer is not None and answer.by_label() == {label: ["firebreak-quarantine-web"]}
+    answer.discard("allow")
+    answer.discard("firebreak-quarantine-web")
+    assert len(answer) == 0
+    again = view.in_namespace("shop")
+    assert again is not None and len(again) == 2 and again.tried() == ["allow"]
+    view.remove("shop", "firebreak-quarantine-web")
+    assert (view.in_namespace("shop") or PolicySet()).by_label() == {}

@@ -37,6 +37,7 @@ from pydantic.alias_generators import to_camel
 
 from ..api import ActionName, EvidenceStored, ObjectReference, SecurityIncidentSpec, Target
 from ..config import OperatorConfig
+from ..isolation import PolicySet
 from ..kube import Kube
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "firebreak"}
@@ -126,7 +127,7 @@ class ActionContext:
     seen: dict[str, Any] = field(default_factory=dict)
     # The namespace's NetworkPolicies as the operator's watch has them (views.py);
     # None, or an answer of None, means: list them from the API server.
-    policies: Callable[[str], list[dict[str, Any]] | None] | None = None
+    policies: Callable[[str], PolicySet | None] | None = None
     # A check's pods, by namespace, listed a moment ago for every quarantine there (one
     # listing rather than one per quarantine); a namespace not here is read as usual.
     listed_pods: Mapping[str, list[dict[str, Any]]] | None = None

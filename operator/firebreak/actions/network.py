@@ -40,14 +40,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ..api import ActionName
+from ..api import ActionName, TargetKind
 from ..isolation import (
     NAME_LABEL,
     QUARANTINE_PREFIX,
     Allowances,
     Finding,
     PodView,
-    Selecting,
+    PolicySet,
     World,
     excess,
     has_exclusion,
@@ -56,7 +56,17 @@ from ..isolation import (
     with_exclusion,
     without_exclusion,
 )
-from ..kube import Conflict, Invalid, Kube, NotFound, create_raw, delete, raw, read_raw
+from ..kube import (
+    STRATEGIC_MERGE_PATCH,
+    Conflict,
+    Invalid,
+    Kube,
+    NotFound,
+    delete,
+    path,
+    raw,
+    read_raw,
+)
 from .base import (
     INCIDENT_LABEL,
     INCIDENT_NAMESPACE_LABEL,
@@ -83,6 +93,7 @@ from .workloads import (
 
 __all__ = ["QUARANTINE_PREFIX", "IsolateNetwork", "quarantine_label"]
 
+NETWORKING = "networking.k8s.io/v1"
 OWNER_ANNOTATION = "firebreak.dev/incident-uid"
 DETACHED_SUFFIX = "-quarantined"
 EXCLUDE_ATTEMPTS = 5
@@ -242,7 +253,7 @@ class _Quarantine:
     params: IsolateNetworkParams
     namespace: str
     own: str
-    policies: list[dict[str, Any]]
+    policies: PolicySet
     pods: list[PodView]
     excluded: list[ExcludedPolicy] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
@@ -256,10 +267,10 @@ class _Quarantine:
         world = _world(self.ctx.kube)
         # Only the policies that select a pod can open it: in a namespace of many
         # quarantines (one policy each), most select none of these pods.
-        index = Selecting(self.policies)
         found: list[Finding] = []
         for pod in self.pods:
-            found += excess(pod, index(pod.labels), self.own, allowances(self.params), world)
+            found += excess(pod, self.policies.selecting(pod.labels), self.own,
+                            allowances(self.params), world)
         return found
 
     def exclude(self) -> None:
@@ -267,7 +278,8 @@ class _Quarantine:
         term (each write conditional on the version read; re-read on a race)."""
         key = self.ctx.incident.key
         for name in to_exclude(self.findings(), self.policies, self.own):
-            policy = next(p for p in self.policies if p["metadata"]["name"] == name)
+            policy = self.policies.get(name)
+            assert policy is not None  # to_exclude names only policies of the set
             updated = self._patch_selector(policy, lambda s: with_exclusion(s, key))
             if updated is not None:
                 self.excluded.append(ExcludedPolicy(
@@ -304,8 +316,7 @@ class _Quarantine:
                             f"quarantine tried to exclude its pods from it")
 
     def _replace(self, policy: dict[str, Any]) -> None:
-        name = policy["metadata"]["name"]
-        self.policies = [policy if p["metadata"]["name"] == name else p for p in self.policies]
+        self.policies.put(policy)
 
     def verdict(self) -> Verdict:
         found = self.findings()
@@ -321,12 +332,14 @@ class _Quarantine:
         return Verdict(False, f"the quarantine does not hold: {shown}{more}")
 
 
-def _policies(ctx: ActionContext, namespace: str) -> list[dict[str, Any]]:
-    """The namespace's NetworkPolicies: as the operator's watch has them, else listed."""
+def _policies(ctx: ActionContext, namespace: str) -> PolicySet:
+    """The namespace's NetworkPolicies, a set of the caller's own: as the operator's
+    watch has them, else listed."""
     seen = ctx.policies(namespace) if ctx.policies is not None else None
     if seen is not None:
         return seen
-    return list(raw(ctx.kube.networking.list_namespaced_network_policy, namespace)["items"])
+    return PolicySet(raw(ctx.kube.networking.list_namespaced_network_policy,
+                         namespace)["items"])
 
 
 def _refuse_host_network(pods: Sequence[Obj]) -> None:
@@ -344,7 +357,13 @@ class IsolateNetwork(Action):
     held = True
 
     def prepare(self, ctx: ActionContext, params: IsolateNetworkParams) -> Prepared:
-        pods = target_pods(ctx.kube, ctx.target, params.scope)
+        # The pod as intake read it a moment ago, when it did: the label goes on only
+        # with its uid as a precondition, and the verdict is judged from the pod as
+        # the labelling stored it.
+        handed = ctx.kube.handoff.take("Pod", ctx.target.namespace or "", ctx.target.name) \
+            if params.scope == "pod" and ctx.target.kind is TargetKind.pod else None
+        pods = [handed] if handed is not None else target_pods(ctx.kube, ctx.target,
+                                                                params.scope)
         _refuse_host_network(pods)
         namespace = pods[0]["metadata"]["namespace"] if pods else ctx.target.namespace or ""
         record_pods = [self._entry(ctx, params, pod, namespace) for pod in pods]
@@ -352,11 +371,9 @@ class IsolateNetwork(Action):
         quarantine = _Quarantine.read(ctx, params, namespace, policy, [
             _labelled(ctx, pod, entry) for pod, entry in zip(pods, record_pods, strict=True)])
         ctx.seen.update(pods={p["metadata"]["name"]: p for p in pods},
-                        policies=list(quarantine.policies))
+                        policies=quarantine.policies.copy())
         # Judged as if the quarantine were in place: its own policy, as it will be.
-        quarantine.policies = [p for p in quarantine.policies
-                               if p["metadata"]["name"] != policy]
-        quarantine.policies.append(build_isolation_policy(
+        quarantine.policies.put(build_isolation_policy(
             policy, namespace, ctx.incident.key, params, {}, ctx.incident.uid))
         to_patch = to_exclude(quarantine.findings(), quarantine.policies, policy)
 
@@ -398,7 +415,7 @@ class IsolateNetwork(Action):
         # policy that changed since is put right by ``hold`` (the policy watch).
         seen_pods = ctx.seen.pop("pods", None) or {}
         current = {e.name: seen_pods[e.name] if e.name in seen_pods
-                   else read_raw(ctx.kube.core.read_namespaced_pod, e.name, namespace)
+                   else ctx.kube.read(path("v1", "pods", namespace, e.name))
                    for e in record.pods}
         live = [(e, p) for e, p in ((e, current[e.name]) for e in record.pods)
                 if p is not None and p["metadata"]["uid"] == e.uid]
@@ -406,9 +423,9 @@ class IsolateNetwork(Action):
         views = [_labelled(ctx, p, e) for e, p in live]
         seen_policies = ctx.seen.pop("policies", None)
         if seen_policies is not None and own is not None:
-            quarantine = _Quarantine(ctx, params, namespace, record.policy, [
-                *(p for p in seen_policies if p["metadata"]["name"] != record.policy), own],
-                views)
+            seen_policies.put(own)
+            quarantine = _Quarantine(ctx, params, namespace, record.policy, seen_policies,
+                                     views)
         else:
             quarantine = _Quarantine.read(ctx, params, namespace, record.policy, views)
         # Out of every other policy first: labelling then moves each pod from those
@@ -416,12 +433,21 @@ class IsolateNetwork(Action):
         quarantine.exclude()
         live_uids = {e.uid for e, _ in live}
         labelled, gone = [], [e.name for e in record.pods if e.uid not in live_uids]
+        stored = []
         for entry, _ in live:
-            if self._label(ctx, namespace, entry):
+            pod = self._label(ctx, namespace, entry)
+            if pod is not None:
                 labelled.append(entry.name)
+                stored.append(PodView.of(pod))
             else:
                 gone.append(entry.name)
-        quarantine.pods = [p for p in quarantine.pods if p.name in labelled]
+        # Judged as the labelling stored them: their labels of this moment. A pod
+        # relabelled since it was read may now be selected by other policies: those are
+        # excluded too, before the verdict.
+        judged = {p.name: p.labels for p in quarantine.pods}
+        quarantine.pods = stored
+        if any(judged.get(p.name) != p.labels for p in stored):
+            quarantine.exclude()
         record = record.model_copy(update={"excluded": _merge(record.excluded,
                                                               quarantine.excluded)})
         message = (f"NetworkPolicy {namespace}/{record.policy} isolates "
@@ -440,14 +466,15 @@ class IsolateNetwork(Action):
         # One listing serves both: whether the quarantine's own policy is there as made,
         # and the other policies to judge it against.
         policies = _policies(ctx, namespace)
-        listed = next((p for p in policies if p["metadata"]["name"] == record.policy), None)
         restored, own = self._ensure_policy(ctx, params, record, restore=True,
-                                            listed=(listed,))
+                                            listed=(policies.get(record.policy),))
         if restored:
             changes.append(f"restored NetworkPolicy {namespace}/{record.policy}, which had been "
                            f"deleted or changed")
-        policies = [p for p in policies if p["metadata"]["name"] != record.policy] \
-            + ([own] if own is not None else [])
+        if own is not None:
+            policies.put(own)
+        else:
+            policies.discard(record.policy)
         entries = list(record.pods)
         pods: dict[str, Obj] = {}
         label = quarantine_label(ctx.incident.key)
@@ -513,12 +540,11 @@ class IsolateNetwork(Action):
                                       ctx.managed_labels(), ctx.incident.uid)
         existing = listed[0] if listed is not None else None
         if existing is None:
-            created = create_raw(ctx.kube.networking.create_namespaced_network_policy,
-                                 namespace, body)
+            created = ctx.kube.create(path(NETWORKING, "networkpolicies", namespace), body)
             if created is not None:
                 return True, created
-            existing = read_raw(ctx.kube.networking.read_namespaced_network_policy,
-                                record.policy, namespace)
+            existing = ctx.kube.read(path(NETWORKING, "networkpolicies", namespace,
+                                          record.policy))
         if existing is None:
             return False, None
         owner = (existing["metadata"].get("annotations") or {}).get(OWNER_ANNOTATION)
@@ -540,7 +566,8 @@ class IsolateNetwork(Action):
         return False, existing
 
     @staticmethod
-    def _label(ctx: ActionContext, namespace: str, entry: QuarantinedPod) -> bool:
+    def _label(ctx: ActionContext, namespace: str, entry: QuarantinedPod) -> Obj | None:
+        """Put the quarantine label on; the pod as stored, or None when it is gone."""
         labels = {quarantine_label(ctx.incident.key): "true"}
         labels.update({k: new for k, (_, new) in (entry.detach or {}).items()})
         annotations = ({DETACHED_FROM: entry.detached_from}
@@ -550,10 +577,10 @@ class IsolateNetwork(Action):
         # same labels, which the API server stores as no change at all.
         patch = {"metadata": {"uid": entry.uid, "labels": labels, "annotations": annotations}}
         try:
-            raw(ctx.kube.core.patch_namespaced_pod, entry.name, namespace, patch)
+            return ctx.kube.request("PATCH", path("v1", "pods", namespace, entry.name), patch,
+                                    content_type=STRATEGIC_MERGE_PATCH)
         except (NotFound, Conflict, Invalid):  # gone, or replaced under the same name
-            return False
-        return True
+            return None
 
     def revert(self, ctx: ActionContext, record: IsolateNetworkRecord) -> str:
         namespace = record.namespace
@@ -590,7 +617,7 @@ class IsolateNetwork(Action):
         policies = raw(ctx.kube.networking.list_namespaced_network_policy, namespace)["items"]
         versions = {e.name: e.resource_version for e in record.excluded or ()}
         quarantine = _Quarantine(ctx, IsolateNetworkParams(), namespace, record.policy,
-                                 policies, [])
+                                 PolicySet(policies), [])
         restored, changed = [], []
         for policy in policies:
             name = policy["metadata"]["name"]

@@ -6,26 +6,25 @@ A signal usually names a pod; playbooks often act on the workload that owns it
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ..api import Target, TargetKind
-from ..kube import Kube, raw, read_raw
+from ..kube import Kube, path, raw
 from ..selectors import to_query
 from .base import ActionRefused
 
 Obj = dict[str, Any]
 
 
-def _reader(kube: Kube, kind: str) -> Callable[..., Any] | None:
-    return {
-        "Pod": kube.core.read_namespaced_pod,
-        "Deployment": kube.apps.read_namespaced_deployment,
-        "StatefulSet": kube.apps.read_namespaced_stateful_set,
-        "DaemonSet": kube.apps.read_namespaced_daemon_set,
-        "ReplicaSet": kube.apps.read_namespaced_replica_set,
-        "Job": kube.batch.read_namespaced_job,
-    }.get(kind)
+# Where each kind a target may be is served: (apiVersion, plural).
+RESOURCES = {
+    "Pod": ("v1", "pods"),
+    "Deployment": ("apps/v1", "deployments"),
+    "StatefulSet": ("apps/v1", "statefulsets"),
+    "DaemonSet": ("apps/v1", "daemonsets"),
+    "ReplicaSet": ("apps/v1", "replicasets"),
+    "Job": ("batch/v1", "jobs"),
+}
 
 
 def read_object(kube: Kube, kind: str, namespace: str | None, name: str,
@@ -33,11 +32,11 @@ def read_object(kube: Kube, kind: str, namespace: str | None, name: str,
     """The object, or None when it does not exist; ``options`` go to ``kube.call``
     (``retry_for``, ``_request_timeout``)."""
     if kind == "Node":
-        return read_raw(kube.core.read_node, name, **options)
-    reader = _reader(kube, kind)
-    if reader is None or namespace is None:
+        return kube.read(path("v1", "nodes", name=name), **options)
+    served = RESOURCES.get(kind)
+    if served is None or namespace is None:
         return None
-    return read_raw(reader, name, namespace, **options)
+    return kube.read(path(*served, namespace, name), **options)
 
 
 def read_target(kube: Kube, target: Target) -> Obj:
