@@ -30,7 +30,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -66,7 +66,7 @@ from .budget import Budget
 from .config import OperatorConfig
 from .guardrails import check_step, check_target
 from .isolation import PolicySet
-from .kube import Conflict, Kube, NotFound, PermanentApiError, TemporaryApiError, call, path
+from .kube import Conflict, Kube, NotFound, PermanentApiError, TemporaryApiError, path
 from .matching import PlaybookCandidate, allowed, select_playbook
 from .planning import PlanError, plan
 
@@ -118,12 +118,7 @@ class Engine:
     policies: Callable[[str], PolicySet | None] | None = None
 
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            body = cast(dict[str, Any], call(self.kube.custom.get_namespaced_custom_object,
-                                             GROUP, VERSION, namespace, INCIDENT_PLURAL, name))
-        except NotFound:
-            return None
-        return body
+        return self.kube.read(path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, namespace, name))
 
     def reconcile(self, namespace: str, name: str, playbooks: Iterable[PlaybookCandidate],
                   body: dict[str, Any] | None = None) -> None:
@@ -175,9 +170,8 @@ class Engine:
         patch = {"metadata": {"finalizers": finalizers,
                               "resourceVersion": body["metadata"]["resourceVersion"]}}
         try:
-            written = cast(dict[str, Any], call(
-                self.kube.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace,
-                INCIDENT_PLURAL, name, patch))
+            written = self.kube.request(
+                "PATCH", path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, namespace, name), patch)
         except NotFound:
             return None
         except Conflict as exc:

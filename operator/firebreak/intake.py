@@ -37,7 +37,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from . import metrics
 from .actions.workloads import controller_of, read_object
@@ -63,9 +63,7 @@ from .kube import (
     NotFound,
     PermanentApiError,
     TemporaryApiError,
-    call,
     path,
-    read,
 )
 from .sources.signal import Signal, SignalStatus, incident_name
 
@@ -388,11 +386,10 @@ class Intake:
         playbook = (incident.get("status") or {}).get("playbook")
         if not playbook or not self._releases_on_resolve(playbook, deadline):
             return Recorded(namespace, name, "ignored")
-        call(self.kube.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace,
-             INCIDENT_PLURAL, name,
-             {"spec": {"resolution": {"reason": "the signal resolved",
-                                      "by": prepared.signal.source.value}}},
-             **self._options(deadline))
+        self.kube.request("PATCH", path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, namespace, name),
+                          {"spec": {"resolution": {"reason": "the signal resolved",
+                                                   "by": prepared.signal.source.value}}},
+                          **self._options(deadline))
         log.info("%s/%s: released, its signal resolved", namespace, name)
         return Recorded(namespace, name, "released")
 
@@ -409,10 +406,9 @@ class Intake:
         return latest
 
     def _releases_on_resolve(self, ref: dict[str, str], deadline: Deadline | None) -> bool:
-        playbook = cast(dict[str, Any] | None, read(
-                        self.kube.custom.get_namespaced_custom_object, GROUP, VERSION,
-                        ref.get("namespace", self.config.namespace), PLAYBOOK_PLURAL, ref["name"],
-                        **self._options(deadline)))
+        playbook = self.kube.read(path(f"{GROUP}/{VERSION}", PLAYBOOK_PLURAL,
+                                       ref.get("namespace", self.config.namespace), ref["name"]),
+                                  **self._options(deadline))
         if playbook is None:
             return False
         release = (playbook.get("spec") or {}).get("release")

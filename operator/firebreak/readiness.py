@@ -26,7 +26,7 @@ from .api import (
     ResponsePlaybookSpec,
     ResponsePlaybookStatus,
 )
-from .kube import Kube, call
+from .kube import Kube, path
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,9 @@ class PlaybookReadiness:
             observed_generation=generation,
             conditions=c.set_condition(current.conditions, READY, status, reason, message,
                                        now=now, generation=generation))
-        call(self.kube.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
-             meta["namespace"], PLAYBOOK_PLURAL, meta["name"], {"status": updated.to_api()})
+        self.kube.request("PATCH", path(f"{GROUP}/{VERSION}", PLAYBOOK_PLURAL,
+                                        meta["namespace"], meta["name"], "status"),
+                          {"status": updated.to_api()})
         if problem is not None and (was is None or was.status is not ConditionStatus.false
                                     or was.message != message):
             log.warning("ResponsePlaybook %s/%s is invalid: %s", meta["namespace"], meta["name"],

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ValidationError
 from . import metrics
 from .config import OperatorConfig
 from .intake import Deadline, Intake, Prepared, Recorded
-from .kube import ApiError, BadRequest, Invalid, Kube, TemporaryApiError, call
+from .kube import ApiError, BadRequest, Invalid, Kube, TemporaryApiError, path
 from .sources.alertmanager import AlertmanagerPayload, signals_from_alertmanager
 from .sources.external import ExternalSignal, signal_from_external, signal_schema
 from .sources.falco import FalcoEvent, signal_from_falco
@@ -89,15 +89,15 @@ class TokenSource:
         import base64
 
         try:
-            secret = call(self.kube.core.read_namespaced_secret, name, self.config.namespace,
-                          retry_for=self.config.webhook_answer_seconds,
-                          _request_timeout=self.config.webhook_answer_seconds)
+            secret = self.kube.request("GET", path("v1", "secrets", self.config.namespace, name),
+                                       retry_for=self.config.webhook_answer_seconds,
+                                       _request_timeout=self.config.webhook_answer_seconds)
         except TemporaryApiError:
             raise  # unknown, not wrong: the caller answers 503
         except ApiError as exc:
             log.warning("cannot read the webhook token Secret %s: %s", name, exc)
             return None
-        encoded = (secret.data or {}).get("token")
+        encoded = (secret.get("data") or {}).get("token")
         return base64.b64decode(encoded).decode().strip() if encoded else None
 
 

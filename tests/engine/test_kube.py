@@ -187,3 +187,18 @@ def test_a_handoff_serves_once_within_its_time_and_keeps_the_latest() -> None:
     assert len(handoff) == 2
     assert handoff.take("Pod", NS, "a") is None
     assert handoff.take("Pod", "other", "b") is None and handoff.take("Pod", NS, "b") == {"v": 4}
+
+
+def test_direct_lists_and_deletes(api: Recorder, kube: Kube) -> None:
+    pods = path("v1", "pods", NS)
+    kube.create(pods, POD)
+    kube.create(pods, {**POD, "metadata": {"name": "q", "namespace": NS, "labels": {"a": "1"}}})
+    assert sorted(p["metadata"]["name"] for p in kube.items(pods)) == ["p", "q"]
+    assert [p["metadata"]["name"] for p in kube.items(pods, query={"labelSelector": "a=1"})] \
+        == ["q"]
+    assert kube.remove(path("v1", "pods", NS, "p")) is True
+    assert kube.remove(path("v1", "pods", NS, "p")) is False  # gone already: success
+    with pytest.raises(Conflict):  # a failed precondition is not "gone"
+        kube.remove(path("v1", "pods", NS, "q"),
+                    {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": "x"}})
+    assert [p["metadata"]["name"] for p in kube.items(pods)] == ["q"]

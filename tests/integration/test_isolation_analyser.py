@@ -31,6 +31,7 @@ from firebreak.isolation import (
     Direction,
     Finding,
     PodView,
+    PolicySet,
     World,
     excess,
     quarantine_label,
@@ -256,7 +257,7 @@ def judge(policies: list[dict[str, Any]]) -> list[Finding]:
 def excluded(policies: list[dict[str, Any]], findings: list[Finding]) -> list[dict[str, Any]]:
     """The policies after the operator's exclusion: the selector of each policy
     ``to_exclude`` names replaced by ``with_exclusion`` of it, nothing else changed."""
-    names = to_exclude(findings, policies, OWN)
+    names = to_exclude(findings, PolicySet(policies), OWN)
     result = []
     for p in policies:
         if p["metadata"]["name"] in names:

@@ -16,19 +16,18 @@ and is left alone, with a note in the step's message.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field, field_validator
 
 from ..api import ActionName, TargetKind
-from ..kube import Conflict, Invalid, Kube, NotFound, TemporaryApiError, raw
+from ..kube import MERGE_PATCH, Conflict, Invalid, Kube, NotFound, TemporaryApiError, path
 from .base import Action, ActionContext, ActionRefused, Applied, Params, Prepared, Record, ref
-from .workloads import Obj, controller_of, read_object, read_target
+from .workloads import RESOURCES, Obj, controller_of, read_object, read_target
 
 _NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-MERGE_PATCH = "application/merge-patch+json"
+
 REVERT_ATTEMPTS = 5
 
 
@@ -95,26 +94,14 @@ class LabelRecord(Record):
         return f"{self.kind} {self.name}"
 
 
-def _patcher(kube: Kube, kind: str) -> Callable[..., Any]:
-    patchers: dict[str, Callable[..., Any]] = {
-        "Pod": kube.core.patch_namespaced_pod,
-        "Deployment": kube.apps.patch_namespaced_deployment,
-        "StatefulSet": kube.apps.patch_namespaced_stateful_set,
-        "DaemonSet": kube.apps.patch_namespaced_daemon_set,
-        "ReplicaSet": kube.apps.patch_namespaced_replica_set,
-        "Job": kube.batch.patch_namespaced_job,
-        "Node": kube.core.patch_node,
-    }
-    return patchers[kind]
-
-
 def _patch(kube: Kube, record: LabelRecord, metadata: dict[str, Any]) -> Obj:
     """Merge-patch the object's metadata. The uid in the patch guards against acting on
     another object of the same name: uid is immutable, so the API server refuses (422)
     a patch meant for the object that was there before."""
-    args = [record.name] if record.kind == "Node" else [record.name, record.namespace]
+    where = path("v1", "nodes", name=record.name) if record.kind == "Node" \
+        else path(*RESOURCES[record.kind], record.namespace, record.name)
     body = {"metadata": {"uid": record.uid, **metadata}}
-    return raw(_patcher(kube, record.kind), *args, body, _content_type=MERGE_PATCH)
+    return kube.request("PATCH", where, body, content_type=MERGE_PATCH)
 
 
 def _pairs(labels: dict[str, str]) -> str:

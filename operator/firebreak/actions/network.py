@@ -62,10 +62,7 @@ from ..kube import (
     Invalid,
     Kube,
     NotFound,
-    delete,
     path,
-    raw,
-    read_raw,
 )
 from .base import (
     INCIDENT_LABEL,
@@ -216,7 +213,7 @@ class _Namespaces(Mapping[str, Mapping[str, str]]):
 
     def _all(self) -> dict[str, Mapping[str, str]]:
         if self._loaded is None:
-            items = raw(self._kube.core.list_namespace)["items"]
+            items = self._kube.items(path("v1", "namespaces"))
             self._loaded = {n["metadata"]["name"]: n["metadata"].get("labels") or {}
                             for n in items}
         return self._loaded
@@ -299,13 +296,13 @@ class _Quarantine:
                       "value": policy["metadata"]["resourceVersion"]},
                      {"op": "replace", "path": "/spec/podSelector", "value": wanted}]
             try:
-                updated = raw(self.ctx.kube.networking.patch_namespaced_network_policy,
-                              name, self.namespace, patch)
+                updated = self.ctx.kube.request(
+                    "PATCH", path(NETWORKING, "networkpolicies", self.namespace, name), patch)
             except NotFound:
                 return None
             except (Conflict, Invalid):  # changed since read: read again and redo
-                fresh = read_raw(self.ctx.kube.networking.read_namespaced_network_policy,
-                                 name, self.namespace)
+                fresh = self.ctx.kube.read(path(NETWORKING, "networkpolicies", self.namespace,
+                                                name))
                 if fresh is None:
                     return None
                 policy = fresh
@@ -338,8 +335,7 @@ def _policies(ctx: ActionContext, namespace: str) -> PolicySet:
     seen = ctx.policies(namespace) if ctx.policies is not None else None
     if seen is not None:
         return seen
-    return PolicySet(raw(ctx.kube.networking.list_namespaced_network_policy,
-                         namespace)["items"])
+    return PolicySet(ctx.kube.items(path(NETWORKING, "networkpolicies", namespace)))
 
 
 def _refuse_host_network(pods: Sequence[Obj]) -> None:
@@ -484,14 +480,14 @@ class IsolateNetwork(Action):
             labelled = [p for p in swept if label in (p["metadata"].get("labels") or {})]
             by_uid = {p["metadata"]["uid"]: p for p in swept}
         else:
-            labelled = raw(ctx.kube.core.list_namespaced_pod, namespace,
-                           label_selector=label)["items"]
+            labelled = ctx.kube.items(path("v1", "pods", namespace),
+                                      query={"labelSelector": label})
         for pod in labelled:
             pods[pod["metadata"]["uid"]] = pod
         for entry in entries:
             if entry.uid not in pods:
                 found = by_uid.get(entry.uid) if swept is not None else \
-                    read_raw(ctx.kube.core.read_namespaced_pod, entry.name, namespace)
+                    ctx.kube.read(path("v1", "pods", namespace, entry.name))
                 if found is not None and found["metadata"]["uid"] == entry.uid \
                         and not found["metadata"].get("deletionTimestamp"):
                     pods[entry.uid] = found
@@ -557,11 +553,11 @@ class IsolateNetwork(Action):
                      else "was not made by this incident")
             raise ActionRefused(f"NetworkPolicy {namespace}/{record.policy} {whose}")
         if restore and _pruned(existing.get("spec")) != _pruned(body["spec"]):
-            restored = raw(ctx.kube.networking.patch_namespaced_network_policy, record.policy,
-                           namespace,
-                           [{"op": "test", "path": "/metadata/resourceVersion",
-                             "value": existing["metadata"]["resourceVersion"]},
-                            {"op": "replace", "path": "/spec", "value": body["spec"]}])
+            restored = ctx.kube.request(
+                "PATCH", path(NETWORKING, "networkpolicies", namespace, record.policy),
+                [{"op": "test", "path": "/metadata/resourceVersion",
+                  "value": existing["metadata"]["resourceVersion"]},
+                 {"op": "replace", "path": "/spec", "value": body["spec"]}])
             return True, restored
         return False, existing
 
@@ -586,7 +582,7 @@ class IsolateNetwork(Action):
         namespace = record.namespace
         released = []
         for entry in record.pods:
-            current = read_raw(ctx.kube.core.read_namespaced_pod, entry.name, namespace)
+            current = ctx.kube.read(path("v1", "pods", namespace, entry.name))
             if current is None or current["metadata"]["uid"] != entry.uid:
                 continue
             labels: dict[str, str | None] = {quarantine_label(ctx.incident.key): None}
@@ -594,11 +590,12 @@ class IsolateNetwork(Action):
             annotations: dict[str, str | None] = (
                 {DETACHED_FROM: None} if entry.detached_from is not None else {})
             if _differs(current, labels, annotations):
-                raw(ctx.kube.core.patch_namespaced_pod, entry.name, namespace,
-                    {"metadata": {"labels": labels, "annotations": annotations}})
+                ctx.kube.request("PATCH", path("v1", "pods", namespace, entry.name),
+                                 {"metadata": {"labels": labels, "annotations": annotations}},
+                                 content_type=STRATEGIC_MERGE_PATCH)
             released.append(entry.name)
         restored, changed = self._remove_exclusions(ctx, record)
-        delete(ctx.kube.networking.delete_namespaced_network_policy, record.policy, namespace)
+        ctx.kube.remove(path(NETWORKING, "networkpolicies", namespace, record.policy))
         message = (f"removed NetworkPolicy {namespace}/{record.policy}; released "
                    f"{', '.join(released) or 'no pods (all gone)'}")
         if restored:
@@ -614,7 +611,7 @@ class IsolateNetwork(Action):
         """Take this incident's term out of every policy in the namespace that carries
         it (recorded or not: a crash may have come between a patch and its record)."""
         namespace, key = record.namespace, ctx.incident.key
-        policies = raw(ctx.kube.networking.list_namespaced_network_policy, namespace)["items"]
+        policies = ctx.kube.items(path(NETWORKING, "networkpolicies", namespace))
         versions = {e.name: e.resource_version for e in record.excluded or ()}
         quarantine = _Quarantine(ctx, IsolateNetworkParams(), namespace, record.policy,
                                  PolicySet(policies), [])

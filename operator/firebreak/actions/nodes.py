@@ -9,7 +9,7 @@ undoes a cordon that someone else has since taken over.
 from __future__ import annotations
 
 from ..api import ActionName, TargetKind
-from ..kube import raw, read_raw
+from ..kube import STRATEGIC_MERGE_PATCH, path
 from .base import Action, ActionContext, ActionRefused, Applied, NoParams, Prepared, Record, ref
 from .workloads import read_target, target_pods
 
@@ -44,7 +44,7 @@ class CordonNode(Action):
 
     def prepare(self, ctx: ActionContext, params: NoParams) -> Prepared:
         wanted = self._target_nodes(ctx)
-        nodes = {n["metadata"]["name"]: n for n in raw(ctx.kube.core.list_node)["items"]}
+        nodes = {n["metadata"]["name"]: n for n in ctx.kube.items(path("v1", "nodes"))}
         schedulable = {name for name, n in nodes.items() if not n["spec"].get("unschedulable")}
         to_cordon = [n for n in wanted if n in schedulable]
         already = [n for n in wanted if n not in schedulable]
@@ -61,13 +61,14 @@ class CordonNode(Action):
     def apply(self, ctx: ActionContext, params: NoParams, record: CordonNodeRecord) -> Applied:
         mark = _cordon_mark(ctx)
         for name in record.nodes:
-            node = read_raw(ctx.kube.core.read_node, name)
+            node = ctx.kube.read(path("v1", "nodes", name=name))
             if node is None:
                 continue
             annotations = node["metadata"].get("annotations") or {}
             if node["spec"].get("unschedulable") and annotations.get(CORDONED_BY) == mark:
                 continue
-            raw(ctx.kube.core.patch_node, name, {
+            ctx.kube.request("PATCH", path("v1", "nodes", name=name), content_type=
+                             STRATEGIC_MERGE_PATCH, body={
                 "metadata": {"annotations": {CORDONED_BY: mark}},
                 "spec": {"unschedulable": True},
             })
@@ -78,13 +79,14 @@ class CordonNode(Action):
         mark = _cordon_mark(ctx)
         uncordoned, left = [], []
         for name in record.nodes:
-            node = read_raw(ctx.kube.core.read_node, name)
+            node = ctx.kube.read(path("v1", "nodes", name=name))
             if node is None:
                 continue
             if (node["metadata"].get("annotations") or {}).get(CORDONED_BY) != mark:
                 left.append(name)
                 continue
-            raw(ctx.kube.core.patch_node, name, {
+            ctx.kube.request("PATCH", path("v1", "nodes", name=name), content_type=
+                             STRATEGIC_MERGE_PATCH, body={
                 "metadata": {"annotations": {CORDONED_BY: None}},
                 "spec": {"unschedulable": None},
             })

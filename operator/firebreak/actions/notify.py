@@ -33,7 +33,7 @@ import tenacity
 from pydantic import Field, model_validator
 
 from ..api import ActionName, NotificationFormat, Phase, SecretRef, template_problem
-from ..kube import ApiError, Kube, NotFound, call
+from ..kube import ApiError, Kube, NotFound, path
 from ..notifications import STEP_MESSAGE, render, variables
 from .base import Action, ActionContext, ActionRefused, Applied, Params, Prepared, Record
 
@@ -112,11 +112,11 @@ def read_receiver(kube: Kube, namespace: str, name: str) -> Receiver:
     """The receiver a Secret names; ``ActionRefused`` when it names none. Temporary API
     errors propagate."""
     try:
-        secret = call(kube.core.read_namespaced_secret, name, namespace)
+        secret = kube.request("GET", path("v1", "secrets", namespace, name))
     except NotFound:
         raise ActionRefused(f"Secret {namespace}/{name} not found: it must hold the "
                             f"receiver's url") from None
-    data = secret.data or {}
+    data = secret.get("data") or {}
     if "url" not in data:
         raise ActionRefused(f"Secret {namespace}/{name} has no key url")
     url = base64.b64decode(data["url"]).decode("utf-8", errors="replace").strip()

@@ -16,13 +16,12 @@ already replaced counts as deleted.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from kubernetes import client
 from pydantic import Field
 
 from ..api import ActionName
-from ..kube import Conflict, delete
+from ..kube import Conflict, path
 from .base import Action, ActionContext, Applied, Params, Prepared, Record, RecordPart, ref
 from .workloads import is_ready, pods_of, target_pods, top_workload
 
@@ -90,12 +89,12 @@ class DeletePod(Action):
         gone: list[str] = []
         replaced: list[str] = []
         for pod in record.pods:
-            options = client.V1DeleteOptions(
-                grace_period_seconds=params.grace_period_seconds,
-                preconditions=client.V1Preconditions(uid=pod.uid))
+            options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions",
+                                       "preconditions": {"uid": pod.uid}}
+            if params.grace_period_seconds is not None:
+                options["gracePeriodSeconds"] = params.grace_period_seconds
             try:
-                existed = delete(ctx.kube.core.delete_namespaced_pod, pod.name,
-                                 pod.namespace, body=options)
+                existed = ctx.kube.remove(path("v1", "pods", pod.namespace, pod.name), options)
             except Conflict:
                 # A failed uid precondition: the name belongs to a replacement now.
                 replaced.append(pod.name)

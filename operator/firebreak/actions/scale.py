@@ -7,13 +7,12 @@ A revert leaves the workload alone if someone changed its scale in the meantime.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from ..api import ActionName, TargetKind
-from ..kube import raw, read_raw
+from ..kube import path
 from .base import Action, ActionContext, ActionRefused, Applied, Params, Prepared, Record, ref
 from .workloads import top_workload
 
@@ -38,11 +37,10 @@ class ScaleDownRecord(Record):
         return f"{self.kind} {self.namespace}/{self.name}"
 
 
-def _scale_api(ctx: ActionContext, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    apps = ctx.kube.apps
-    if kind == "Deployment":
-        return apps.read_namespaced_deployment_scale, apps.patch_namespaced_deployment_scale
-    return apps.read_namespaced_stateful_set_scale, apps.patch_namespaced_stateful_set_scale
+def _scale(kind: str, namespace: str, name: str) -> str:
+    """The path of a Deployment's or StatefulSet's scale."""
+    return path("apps/v1", "deployments" if kind == "Deployment" else "statefulsets",
+                namespace, name, "scale")
 
 
 class ScaleDown(Action):
@@ -60,8 +58,8 @@ class ScaleDown(Action):
                 f"{ctx.target.kind.value} {ctx.target.name} is managed by {found}; "
                 f"scaleDown acts on a Deployment or StatefulSet")
         kind, meta = workload["kind"], workload["metadata"]
-        read_scale, _ = _scale_api(ctx, kind)
-        current = raw(read_scale, meta["name"], meta["namespace"])["spec"].get("replicas", 0)
+        current = ctx.kube.request("GET", _scale(kind, meta["namespace"], meta["name"]))[
+            "spec"].get("replicas", 0)
         return Prepared(
             message=f"scale {kind} {meta['namespace']}/{meta['name']} from {current} "
                     f"to {params.replicas} replicas",
@@ -72,18 +70,16 @@ class ScaleDown(Action):
 
     def apply(self, ctx: ActionContext, params: ScaleDownParams,
               record: ScaleDownRecord) -> Applied:
-        read_scale, patch_scale = _scale_api(ctx, record.kind)
-        name, namespace = record.name, record.namespace
-        if raw(read_scale, name, namespace)["spec"].get("replicas", 0) != record.replicas:
-            raw(patch_scale, name, namespace, {"spec": {"replicas": record.replicas}})
+        scale = _scale(record.kind, record.namespace, record.name)
+        if ctx.kube.request("GET", scale)["spec"].get("replicas", 0) != record.replicas:
+            ctx.kube.request("PATCH", scale, {"spec": {"replicas": record.replicas}})
         return Applied(
             message=f"scaled {record.where} from {record.previous_replicas} to {record.replicas}",
             record=record)
 
     def revert(self, ctx: ActionContext, record: ScaleDownRecord) -> str:
-        read_scale, patch_scale = _scale_api(ctx, record.kind)
         where = record.where
-        scale = read_raw(read_scale, record.name, record.namespace)
+        scale = ctx.kube.read(_scale(record.kind, record.namespace, record.name))
         if scale is None:
             return f"{where} no longer exists; nothing to restore"
         current = scale["spec"].get("replicas", 0)
@@ -92,6 +88,6 @@ class ScaleDown(Action):
         if current != record.replicas:
             return (f"left {where} at {current} replicas: changed by someone else since the "
                     f"scale-down to {record.replicas}")
-        raw(patch_scale, record.name, record.namespace,
-            {"spec": {"replicas": record.previous_replicas}})
+        ctx.kube.request("PATCH", _scale(record.kind, record.namespace, record.name),
+                         {"spec": {"replicas": record.previous_replicas}})
         return f"restored {where} to {record.previous_replicas} replicas"

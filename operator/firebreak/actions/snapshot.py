@@ -46,7 +46,7 @@ from pydantic import Field
 
 from ..api import ActionName, EvidenceItem, EvidenceStored, TargetKind
 from ..evidence import DIGEST_ANNOTATION, digest
-from ..kube import ApiError, Kube, TemporaryApiError, call, create, raw, read_raw
+from ..kube import ApiError, Kube, TemporaryApiError, path
 from .base import (
     Action,
     ActionContext,
@@ -227,13 +227,12 @@ def _read_log(kube: Kube, pod: Obj, container: str, *, tail_lines: int, limit_by
     """One attempt at a container log: retries (which suit writes that must happen)
     would only hold the step for a log the kubelet cannot serve."""
     meta = pod["metadata"]
-    response: Any = call(
-        kube.core.read_namespaced_pod_log, meta["name"], meta["namespace"],
-        container=container, tail_lines=tail_lines, limit_bytes=limit_bytes,
-        previous=previous or None, _request_timeout=LOG_TIMEOUT_SECONDS,
-        _preload_content=False, retry_for=0)
-    data: bytes = response.data
-    return data.decode("utf-8", errors="replace")
+    query = {"container": container, "tailLines": str(tail_lines),
+             "limitBytes": str(limit_bytes)}
+    if previous:
+        query["previous"] = "true"
+    return kube.text(path("v1", "pods", meta["namespace"], meta["name"], "log"), query=query,
+                     _request_timeout=LOG_TIMEOUT_SECONDS, retry_for=0)
 
 
 def _event_time(event: Obj) -> str:
@@ -243,10 +242,8 @@ def _event_time(event: Obj) -> str:
 
 def _events(kube: Kube, kind: str, namespace: str | None, name: str) -> list[Obj]:
     selector = f"involvedObject.kind={kind},involvedObject.name={name}"
-    if namespace:
-        items = raw(kube.core.list_namespaced_event, namespace, field_selector=selector)["items"]
-    else:
-        items = raw(kube.core.list_event_for_all_namespaces, field_selector=selector)["items"]
+    items = kube.items(path("v1", "events", namespace or None),
+                       query={"fieldSelector": selector})
     return sorted((_clean(e) for e in items), key=_event_time)
 
 
@@ -373,8 +370,8 @@ def _take_volume_snapshots(ctx: ActionContext, params: SnapshotParams,
             "spec": spec,
         }
         try:
-            created = create(ctx.kube.custom.create_namespaced_custom_object, SNAPSHOT_GROUP,
-                             SNAPSHOT_VERSION, entry.namespace, SNAPSHOT_PLURAL, body)
+            created = ctx.kube.create(path(f"{SNAPSHOT_GROUP}/{SNAPSHOT_VERSION}",
+                                           SNAPSHOT_PLURAL, entry.namespace), body)
         except ApiError as exc:
             if isinstance(exc, TemporaryApiError):
                 raise
@@ -481,13 +478,9 @@ def _layout(ctx: ActionContext, bundle: Bundle, storage: EvidenceStorage,
     raise AssertionError("the evidence layout did not settle")  # pragma: no cover
 
 
-def _storage_api(kube: Kube, kind: str) -> tuple[Any, Any, Any, Any]:
-    core = kube.core
-    if kind == "Secret":
-        return (core.create_namespaced_secret, core.read_namespaced_secret,
-                core.delete_namespaced_secret, core.list_namespaced_secret)
-    return (core.create_namespaced_config_map, core.read_namespaced_config_map,
-            core.delete_namespaced_config_map, core.list_namespaced_config_map)
+def _storage(kind: str, namespace: str, name: str | None = None) -> str:
+    """The path of the evidence objects of a kind (Secret or ConfigMap), or of one."""
+    return path("v1", "secrets" if kind == "Secret" else "configmaps", namespace, name)
 
 
 def _body(ctx: ActionContext, storage: EvidenceStorage, name: str,
@@ -579,20 +572,20 @@ def _write(ctx: ActionContext, storage: EvidenceStorage, parts: list[list[File]]
     (evidence objects are immutable) and extra ones removed, so the index never
     describes objects that hold something else."""
     kind, prefix, namespace = storage.kind, storage.prefix, storage.namespace
-    create_fn, _, delete_fn, list_fn = _storage_api(ctx.kube, kind)
+    kube, collection = ctx.kube, _storage(kind, namespace)
     for n in range(len(parts) - 1, 0, -1):
         body = _body(ctx, storage, names[n], {f.key: f.text for f in parts[n]})
-        if create(create_fn, namespace, body) is None:
-            call(delete_fn, names[n], namespace)
-            call(create_fn, namespace, body)
+        if kube.create(collection, body) is None:
+            kube.request("DELETE", _storage(kind, namespace, names[n]))
+            kube.request("POST", collection, body)
     selector = ",".join(f"{k}={v}" for k, v in _labels(ctx).items())
     pattern = re.compile(rf"{re.escape(prefix)}-(\d+)")
-    for item in raw(list_fn, namespace, label_selector=selector)["items"]:
+    for item in kube.items(collection, query={"labelSelector": selector}):
         match = pattern.fullmatch(item["metadata"]["name"])
         if match and int(match.group(1)) >= len(parts):
-            call(delete_fn, item["metadata"]["name"], namespace)
+            kube.request("DELETE", _storage(kind, namespace, item["metadata"]["name"]))
     data = {INDEX_KEY: index, **{f.key: f.text for f in parts[0]}}
-    create(create_fn, namespace, _body(ctx, storage, names[0], data))
+    kube.create(collection, _body(ctx, storage, names[0], data))
 
 
 class Snapshot(Action):
@@ -679,9 +672,8 @@ class Snapshot(Action):
         # operator's namespace still finds its bundle.
         storage = record.storage
         kind = storage.kind
-        _, read_fn, _, _ = _storage_api(ctx.kube, kind)
         first = part_name(storage.prefix, 0)
-        existing = read_raw(read_fn, first, storage.namespace)
+        existing = ctx.kube.read(_storage(kind, storage.namespace, first))
         if existing is not None:
             summary = _stored_summary(existing, kind)
             return Applied(message=summary or f"evidence already stored in {kind} {first}",

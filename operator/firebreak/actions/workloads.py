@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import Target, TargetKind
-from ..kube import Kube, path, raw
+from ..kube import Kube, path
 from ..selectors import to_query
 from .base import ActionRefused
 
@@ -90,9 +90,10 @@ def top_workload(kube: Kube, target: Target) -> Obj | None:
     return chain[-1] if chain else None
 
 
-def live_pods(kube: Kube, namespace: str, **selection: Any) -> list[Obj]:
-    """The pods of a namespace not being deleted; ``selection``: ``label_selector``."""
-    items = raw(kube.core.list_namespaced_pod, namespace, **selection)["items"]
+def live_pods(kube: Kube, namespace: str, label_selector: str | None = None) -> list[Obj]:
+    """The pods of a namespace not being deleted, optionally only those selected."""
+    query = {"labelSelector": label_selector} if label_selector else None
+    items = kube.items(path("v1", "pods", namespace), query=query)
     return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
 
