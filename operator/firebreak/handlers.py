@@ -96,14 +96,29 @@ def _config(memo: kopf.Memo) -> OperatorConfig:
     return config
 
 
+class NoChangeDetection(kopf.DiffBaseStorage):
+    """Kopf's change detection, switched off. Kopf deep-copies every object it is told
+    of to work out what changed since it last handled it, for change handlers (create,
+    update, field) and daemons; the operator has neither, only event handlers and
+    indexes, so the copy (the cost of every watch event) would serve nothing."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # The incident's own finalizer is the engine's (engine.py); Kopf's must differ, or
     # Kopf would take ours off, having no deletion handler of its own.
     settings.persistence.finalizer = f"{GROUP}/kopf"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = NoChangeDetection()
     settings.posting.level = logging.WARNING  # our own Events tell the story
     settings.execution.max_workers = 16
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)

@@ -577,3 +577,15 @@ async def test_a_sweep_checks_only_the_quarantines_with_something_to_check(
                                   "policyTypes": ["Ingress"], "ingress": [{"from": [
                                       {"podSelector": {"matchLabels": {"app": "ghost"}}}]}]}}))
     assert await sweep() == sorted(names)
+
+
+def test_nothing_relies_on_kopfs_change_detection_which_is_off() -> None:
+    # Kopf's diff of each object against the last one handled serves change handlers
+    # and daemons only: the operator registers neither, so it switches the diff off.
+    registry = kopf.get_default_registry()
+    assert registry._watching.get_all_handlers()  # the event handlers are there
+    assert not registry._changing.get_all_handlers()
+    assert not registry._spawning.get_all_handlers()
+    storage = handlers.NoChangeDetection()
+    body = kopf.Body({"metadata": {"name": "x", "labels": {"a": "1"}}, "spec": {"b": 1}})
+    assert storage.build(body=body) == {} and storage.fetch(body=body) is None
