@@ -43,6 +43,9 @@ class ApiError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        # Whether an earlier attempt failed in a way that leaves its effect unknown (a
+        # lost answer): a precondition failing on the retry may be that attempt's doing.
+        self.retried = False
 
 
 class TemporaryApiError(ApiError):
@@ -139,7 +142,9 @@ def call(fn: Callable[..., T], *args: Any, retry_for: float = RETRY_SECONDS, **k
     try:
         return retrying(fn, *args, **kwargs)
     except (ApiException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
-        raise classify(exc) from exc
+        error = classify(exc)
+        error.retried = retrying.statistics.get("attempt_number", 1) > 1
+        raise error from exc
 
 
 def raw(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:

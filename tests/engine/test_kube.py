@@ -193,3 +193,17 @@ def test_direct_lists_and_deletes(api: Recorder, kube: Kube) -> None:
         kube.remove(path("v1", "pods", NS, "q"),
                     {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": "x"}})
     assert [p["metadata"]["name"] for p in kube.items(pods)] == ["q"]
+
+
+def test_an_error_says_whether_it_came_after_a_retry(api: Recorder, kube: Kube) -> None:
+    kube.create(path("v1", "pods", NS), POD)
+    stale = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": "old"}}
+    with pytest.raises(Conflict) as first:
+        kube.remove(path("v1", "pods", NS, "p"), stale)
+    assert first.value.retried is False
+    # The first attempt's answer is lost (503): the precondition that fails next may be
+    # that attempt's own doing.
+    api.fail("delete", "pods", 503, "answer lost", times=1)
+    with pytest.raises(Conflict) as after:
+        kube.remove(path("v1", "pods", NS, "p"), stale, retry_for=5.0)
+    assert after.value.retried is True

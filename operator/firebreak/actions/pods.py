@@ -95,9 +95,11 @@ class DeletePod(Action):
                 options["gracePeriodSeconds"] = params.grace_period_seconds
             try:
                 existed = ctx.kube.remove(path("v1", "pods", pod.namespace, pod.name), options)
-            except Conflict:
-                # A failed uid precondition: the name belongs to a replacement now.
-                replaced.append(pod.name)
+            except Conflict as exc:
+                # A failed uid precondition: the name belongs to a replacement now. After
+                # a retry, the pod may have gone by the first attempt, whose answer was
+                # lost: either way it is gone, and its replacement is left running.
+                (deleted if exc.retried else replaced).append(pod.name)
                 continue
             (deleted if existed else gone).append(pod.name)
         parts = [f"deleted {', '.join(deleted) or 'no pods'}"]
