@@ -157,6 +157,7 @@ class Controller:
         self.hold_interval = hold_interval
         self.queue: WorkQueue[Key] = WorkQueue()
         self.playbooks: Callable[[], list[PlaybookCandidate]] = list
+        self.indexed = False  # the watches' first listings are complete (handlers.py)
         self._store: dict[Key, dict[str, Any]] = {}
         self._written: dict[Key, int] = {}  # the resourceVersion of our own last write
         self._lock = threading.Lock()
@@ -174,6 +175,20 @@ class Controller:
             elector.on_change(self._leadership)
 
     # --- what the watches see -------------------------------------------------
+
+    def created(self, body: dict[str, Any]) -> None:
+        """An incident this replica's intake has just created: queued at once, as the
+        watch would deliver it a moment later (that delivery is then an echo). Only once
+        the watches' first listings are complete (``indexed``): until then every
+        incident waits for the watch, so none is matched against half the playbooks."""
+        if not self.indexed:
+            return
+        self.observe(INCIDENT, "ADDED", body)
+        seen = _version(body)
+        if seen is not None:
+            key = (INCIDENT, body["metadata"]["namespace"], body["metadata"]["name"])
+            with self._lock:
+                self._written[key] = max(seen, self._written.get(key, 0))
 
     def observe(self, kind: str, event: str | None, body: dict[str, Any]) -> None:
         """A watch event: keep the body, and queue the key unless it is the echo of

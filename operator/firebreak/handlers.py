@@ -152,6 +152,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         elector = Elector(kube, config.namespace, identity, config.lease_seconds)
     controller = Controller(engine, PlaybookReadiness(kube=kube, emit=events), elector,
                             workers=config.workers, hold_interval=config.hold_interval)
+    if webhook is not None:
+        webhook.on_created = controller.created
     metrics.queue_depth("reconcile", controller.queue.depth)
     memo[SERVICES] = Services(
         config=config,
@@ -266,6 +268,7 @@ async def incident(type: str | None, body: kopf.Body, memo: kopf.Memo,
         found.policies.mark_synced()
     index = playbooks
     controller.playbooks = lambda: list(index.get(ALL, []))
+    controller.indexed = True
     controller.observe(INCIDENT, type, _plain(body))
     # The incident gauges: from the watch, so every replica counts every incident.
     metrics.INCIDENTS.observe(type, body)

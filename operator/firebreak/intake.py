@@ -36,7 +36,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from . import metrics
@@ -90,6 +90,9 @@ class Recorded:
     namespace: str
     name: str
     outcome: Outcome
+    # The incident as its creation stored it (outcome "created"), for the operator's
+    # own controller, which then need not wait for the watch to deliver it.
+    created: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, str]:
         return {"namespace": self.namespace, "name": self.name, "outcome": self.outcome}
@@ -214,7 +217,7 @@ class Intake:
                     return self._fire(self._elsewhere(prepared), deadline)
                 if created is not None:
                     # Counted by its creation (the annotations): no status write here.
-                    return Recorded(namespace, name, "created")
+                    return Recorded(namespace, name, "created", created)
                 existing = self._read(namespace, name, deadline)  # another delivery won
                 if existing is None:
                     continue

@@ -205,6 +205,9 @@ class Webhook:
         self.retry_after = str(max(1, math.ceil(config.webhook_answer_seconds)))
         self.ready = False
         self._runner: web.AppRunner | None = None
+        # Told of each incident intake creates, on the event loop (the controller's
+        # ``created``), so that its response need not wait for the watch.
+        self.on_created: Callable[[dict[str, Any]], None] | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.webhook_body_limit,
@@ -352,12 +355,16 @@ class Webhook:
         """Prepare every signal (reads only), then store them all; answer within the
         configured time."""
         deadline = Deadline(self.config.webhook_answer_seconds)
+        loop = asyncio.get_running_loop()
 
         def prepare(signal: Signal) -> Prepared:
             return self.intake.prepare(signal, deadline)
 
         def store(prepared: Prepared) -> Recorded:
-            return self.intake.store(prepared, deadline)
+            recorded = self.intake.store(prepared, deadline)
+            if recorded.created is not None and self.on_created is not None:
+                loop.call_soon_threadsafe(self.on_created, recorded.created)
+            return recorded
 
         async def both() -> list[Recorded]:
             prepared = await self._in_pool(prepare, signals)

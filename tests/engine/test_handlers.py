@@ -135,6 +135,29 @@ async def test_an_incident_event_is_moved_on_by_the_workers(api: Recorder,
     assert states(api) == {"isolate": "Applied"}
 
 
+async def test_an_incident_intake_created_is_worked_on_without_waiting_for_the_watch(
+        api: Recorder, memo: kopf.Memo) -> None:
+    controller = handlers.services(memo).controller
+    add_incident(api)
+    # Before the watches' first listings are complete, the watch delivers it.
+    controller.created(incident(api))
+    assert (INCIDENT, NS, "miner") not in controller.queue
+    await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
+    add_incident(api, name="again")
+    made = incident(api, "again")
+    controller.created(made)
+    assert (INCIDENT, NS, "again") in controller.queue
+    await settle(memo)
+    assert states(api, "again") == {"isolate": "Applied"}
+    # The watch's delivery of that creation, a moment later, is not worked on again.
+    writes = len(api.writes)
+    await handlers.incident(type="ADDED", body=made, memo=memo,
+                            playbooks=index(playbook("contain", ISOLATE)))
+    assert (INCIDENT, NS, "again") not in controller.queue
+    await settle(memo)
+    assert len(api.writes) == writes
+
+
 async def test_the_echo_of_its_own_write_is_not_worked_on_again(api: Recorder,
                                                                 memo: kopf.Memo) -> None:
     add_incident(api)

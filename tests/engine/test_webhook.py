@@ -232,3 +232,30 @@ async def test_the_schema_is_served_without_a_token_and_describes_what_is_accept
     assert set(schema["required"]) == {"source", "fingerprint", "severity", "title"}
     assert {"alertName", "target", "labels", "time", "status"} <= set(schema["properties"])
     assert schema["$defs"]["Severity"]["enum"] == ["info", "low", "medium", "high", "critical"]
+
+
+async def test_each_incident_created_is_handed_on_as_stored_and_a_repeat_is_not(
+        api: Recorder, clock: Clock) -> None:
+    add_app(api)
+    config = OperatorConfig(namespace=OPERATOR_NS, webhook_auth="none")
+    kube = api.kube()
+    hook = Webhook(config, Intake(kube, config, clock=clock, retry_for=0),
+                   TokenSource(config, kube))
+    handed: list[dict[str, Any]] = []
+    hook.on_created = handed.append
+    hook.ready = True
+    async with TestClient(TestServer(hook.app())) as client:
+        response = await client.post("/alertmanager", headers=AUTH,
+                                     json=alertmanager("web-5d9c-0", "web-5d9c-1"))
+        assert response.status == 200
+        assert len(handed) == 2
+        for body in handed:  # as stored: its resourceVersion and uid included
+            stored = api.get("securityincidents", NS, body["metadata"]["name"])
+            assert stored is not None and body["metadata"]["uid"] == stored["metadata"]["uid"]
+            assert body["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
+        # Delivered again: a repeat creates nothing, and nothing more is handed on.
+        response = await client.post("/alertmanager", headers=AUTH,
+                                     json=alertmanager("web-5d9c-0", "web-5d9c-1"))
+        assert response.status == 200
+        assert len(handed) == 2
+    hook.executor.shutdown(wait=True)
