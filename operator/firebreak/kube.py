@@ -228,7 +228,7 @@ class Handoff:
     once, within ``ttl`` seconds of its read; whoever takes it must not rely on it
     being current beyond that (its writes carry the uid as a precondition)."""
 
-    def __init__(self, ttl: float = 2.0, limit: int = 1024,
+    def __init__(self, ttl: float = 5.0, limit: int = 256,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.limit = limit
@@ -238,6 +238,9 @@ class Handoff:
             OrderedDict()
 
     def put(self, kind: str, namespace: str, name: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        if "managedFields" in meta:  # read by no one, often half the object
+            obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
         with self._lock:
             self._held[(kind, namespace, name)] = (self._clock(), obj)
             self._held.move_to_end((kind, namespace, name))

@@ -158,6 +158,21 @@ async def test_an_incident_intake_created_is_worked_on_without_waiting_for_the_w
     assert len(api.writes) == writes
 
 
+async def test_the_controller_keeps_incidents_without_their_managed_fields(
+        api: Recorder, memo: kopf.Memo) -> None:
+    controller = handlers.services(memo).controller
+    add_incident(api)
+    body = incident(api)
+    body["metadata"]["managedFields"] = [{"manager": "firebreak", "fieldsV1": {"f:status": {}}}]
+    await handlers.incident(type="ADDED", body=body, memo=memo,
+                            playbooks=index(playbook("contain", ISOLATE)))
+    await settle(memo)
+    assert states(api) == {"isolate": "Applied"}
+    for kept in controller._store.values():
+        assert "managedFields" not in kept["metadata"] and kept["metadata"]["name"] == "miner"
+    assert "managedFields" in body["metadata"]  # Kopf's object is left as it was
+
+
 async def test_the_echo_of_its_own_write_is_not_worked_on_again(api: Recorder,
                                                                 memo: kopf.Memo) -> None:
     add_incident(api)

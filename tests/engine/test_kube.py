@@ -207,3 +207,12 @@ def test_an_error_says_whether_it_came_after_a_retry(api: Recorder, kube: Kube) 
     with pytest.raises(Conflict) as after:
         kube.remove(path("v1", "pods", NS, "p"), stale, retry_for=5.0)
     assert after.value.retried is True
+
+
+def test_a_handoff_keeps_no_managed_fields() -> None:
+    handoff = Handoff()
+    pod = {"metadata": {"name": "a", "uid": "u", "managedFields": [{"manager": "kubelet"}]},
+           "spec": {}}
+    handoff.put("Pod", NS, "a", pod)
+    assert handoff.take("Pod", NS, "a") == {"metadata": {"name": "a", "uid": "u"}, "spec": {}}
+    assert "managedFields" in pod["metadata"]  # the caller's object is left as it was
