@@ -175,6 +175,13 @@ def _the_flow(op: OperatorProcess, cluster: LocalCluster, person: Path,
         "Contained", "Contained", f"{OPERATOR_NS}/{book}")
     assert receiver.bodies("/chat")[1]["text"].startswith(
         f"Contained: {namespace}/miner (critical) ")
+    # Each delivery is recorded after it is made: by the write after Contained's.
+    def recorded() -> dict[str, Any] | None:
+        now = custom.get_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                  "securityincidents", "miner")["status"]
+        return now if len(now.get("deliveries") or ()) == 4 else None
+
+    status = wait_for(recorded, what="the Contained deliveries on record")
     assert [(d["notification"], d["event"], d["state"]) for d in status["deliveries"]] == [
         ("pager", "AwaitingApproval", "Sent"), ("chat", "AwaitingApproval", "Sent"),
         ("pager", "Contained", "Sent"), ("chat", "Contained", "Sent")]
