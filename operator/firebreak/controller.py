@@ -33,7 +33,7 @@ from .api import FINALIZER, ActionName, StepState
 from .conditions import ISOLATED
 from .engine import Engine, RetryLater
 from .isolation import PolicySet, adds_nothing, quarantine_label
-from .kube import ApiError
+from .kube import ApiError, without_managed_fields
 from .leader import Elector
 from .matching import PlaybookCandidate
 from .readiness import PlaybookReadiness
@@ -141,16 +141,6 @@ def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]
     return found
 
 
-def kept(body: dict[str, Any]) -> dict[str, Any]:
-    """An incident as the controller keeps it: without ``metadata.managedFields``, which
-    the API server adds to every object, grows with every writer and no part of the
-    operator reads (often half an incident's memory)."""
-    meta = body.get("metadata") or {}
-    if "managedFields" not in meta:
-        return body
-    return {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
-
-
 def _version(body: dict[str, Any]) -> int | None:
     """The resourceVersion as a number, where it is one (etcd's revisions are)."""
     value = str(body["metadata"].get("resourceVersion") or "")
@@ -203,7 +193,7 @@ class Controller:
     def observe(self, kind: str, event: str | None, body: dict[str, Any]) -> None:
         """A watch event: keep the body, and queue the key unless it is the echo of
         this replica's own write (already acted on)."""
-        body = kept(body)
+        body = without_managed_fields(body)
         meta = body["metadata"]
         key = (kind, meta.get("namespace") or "", meta["name"])
         if event == "DELETED":
@@ -242,7 +232,7 @@ class Controller:
 
     def offer(self, body: dict[str, Any]) -> None:
         """A body this replica just wrote (called from a worker thread)."""
-        body = kept(body)
+        body = without_managed_fields(body)
         meta = body["metadata"]
         key = (INCIDENT, meta["namespace"], meta["name"])
         seen = _version(body)

@@ -40,11 +40,11 @@ from .actions.base import Action, ActionContext, ActionRefused, IncidentRef, Rec
 from .actions.notify import deliver
 from .actions.workloads import live_pods
 from .api import (
+    API_VERSION,
     FINALIZER,
     GROUP,
     INCIDENT_PLURAL,
     TARGET_PROBLEM_ANNOTATION,
-    VERSION,
     ActionName,
     ActionStatus,
     ApprovalDecision,
@@ -118,7 +118,7 @@ class Engine:
     policies: Callable[[str], PolicySet | None] | None = None
 
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.kube.read(path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, namespace, name))
+        return self.kube.read(path(API_VERSION, INCIDENT_PLURAL, namespace, name))
 
     def reconcile(self, namespace: str, name: str, playbooks: Iterable[PlaybookCandidate],
                   body: dict[str, Any] | None = None) -> None:
@@ -171,7 +171,7 @@ class Engine:
                               "resourceVersion": body["metadata"]["resourceVersion"]}}
         try:
             written = self.kube.request(
-                "PATCH", path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, namespace, name), patch)
+                "PATCH", path(API_VERSION, INCIDENT_PLURAL, namespace, name), patch)
         except NotFound:
             return None
         except Conflict as exc:
@@ -308,7 +308,7 @@ class Run:
                 else signal_fields(current)
             try:
                 written = self.engine.kube.request(
-                    "PATCH", path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, self.ref.namespace,
+                    "PATCH", path(API_VERSION, INCIDENT_PLURAL, self.ref.namespace,
                                   self.ref.name, "status"),
                     {"metadata": {"resourceVersion": meta["resourceVersion"]},
                      "status": {**first, **patch}})

@@ -42,7 +42,7 @@ from .engine import Engine
 from .events import EventPoster
 from .intake import Intake
 from .isolation import adds_nothing
-from .kube import Kube
+from .kube import Kube, without_managed_fields
 from .leader import Elector
 from .matching import PlaybookCandidate
 from .pollers import PrometheusPoller
@@ -282,8 +282,9 @@ def _within_own(view: PolicyView | None, namespace: str, own: str, policy: kopf.
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
-    """Kopf's live view of an object, as a plain dict the engine may keep."""
-    return {key: copy.deepcopy(value) for key, value in body.items()}
+    """Kopf's live view of an object, as a plain dict the engine may keep (without the
+    managedFields the controller would drop: not copied to be thrown away)."""
+    return copy.deepcopy(without_managed_fields(dict(body)))
 
 
 # Indexes are asynchronous: Kopf would run a plain function in a thread, a hop that

@@ -42,14 +42,13 @@ from typing import Any, Literal
 from . import metrics
 from .actions.workloads import controller_of, read_object
 from .api import (
+    API_VERSION,
     FINALIZER,
     FIRST_SEEN_ANNOTATION,
-    GROUP,
     INCIDENT_PLURAL,
     PLAYBOOK_PLURAL,
     SIGNAL_TIME_ANNOTATION,
     TARGET_PROBLEM_ANNOTATION,
-    VERSION,
     ReleasePolicy,
     TargetKind,
     signal_fields,
@@ -204,7 +203,7 @@ class Intake:
                     annotations[SIGNAL_TIME_ANNOTATION] = time_
                 try:
                     created = self.kube.create(
-                        path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, namespace),
+                        path(API_VERSION, INCIDENT_PLURAL, namespace),
                         {**body, "metadata": {**body["metadata"], "name": name,
                                               "annotations": annotations}},
                         **self._options(deadline))
@@ -255,7 +254,7 @@ class Intake:
         return not seen
 
     def _read(self, namespace: str, name: str, deadline: Deadline | None) -> dict[str, Any] | None:
-        return self.kube.read(path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, namespace, name),
+        return self.kube.read(path(API_VERSION, INCIDENT_PLURAL, namespace, name),
                               **self._options(deadline))
 
     def _count(self, namespace: str, name: str, now: dt.datetime, time_: str | None,
@@ -281,7 +280,7 @@ class Intake:
                 "status": fields,
             }
             try:
-                self.kube.request("PATCH", path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, namespace,
+                self.kube.request("PATCH", path(API_VERSION, INCIDENT_PLURAL, namespace,
                                                 name, "status"),
                                   patch, **self._options(deadline))
                 return not repeat
@@ -317,7 +316,7 @@ class Intake:
                                     "finalizers": [FINALIZER]}
         if signal.target_problem:
             metadata["annotations"] = {TARGET_PROBLEM: signal.target_problem}
-        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SecurityIncident",
+        return {"apiVersion": API_VERSION, "kind": "SecurityIncident",
                 "metadata": metadata, "spec": spec}
 
     def _relate_to_workload(self, signal: Signal, labels: dict[str, str],
@@ -389,7 +388,7 @@ class Intake:
         playbook = (incident.get("status") or {}).get("playbook")
         if not playbook or not self._releases_on_resolve(playbook, deadline):
             return Recorded(namespace, name, "ignored")
-        self.kube.request("PATCH", path(f"{GROUP}/{VERSION}", INCIDENT_PLURAL, namespace, name),
+        self.kube.request("PATCH", path(API_VERSION, INCIDENT_PLURAL, namespace, name),
                           {"spec": {"resolution": {"reason": "the signal resolved",
                                                    "by": prepared.signal.source.value}}},
                           **self._options(deadline))
@@ -409,7 +408,7 @@ class Intake:
         return latest
 
     def _releases_on_resolve(self, ref: dict[str, str], deadline: Deadline | None) -> bool:
-        playbook = self.kube.read(path(f"{GROUP}/{VERSION}", PLAYBOOK_PLURAL,
+        playbook = self.kube.read(path(API_VERSION, PLAYBOOK_PLURAL,
                                        ref.get("namespace", self.config.namespace), ref["name"]),
                                   **self._options(deadline))
         if playbook is None:

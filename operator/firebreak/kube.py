@@ -165,39 +165,6 @@ def read_raw(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any
         return None
 
 
-def create(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-    """Create an object; one that already exists is success (returns None)."""
-    try:
-        return call(fn, *args, **kwargs)
-    except Conflict:
-        return None
-
-
-def create_raw(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
-    """Like ``create``, returning the stored object as the API's own JSON."""
-    try:
-        return raw(fn, *args, **kwargs)
-    except Conflict:
-        return None
-
-
-def delete(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-    """Delete an object; one already gone is success. Returns whether it existed."""
-    try:
-        call(fn, *args, **kwargs)
-    except NotFound:
-        return False
-    return True
-
-
-def read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-    """Read an object; None when it does not exist."""
-    try:
-        return call(fn, *args, **kwargs)
-    except NotFound:
-        return None
-
-
 # What a JSON body means for each verb that has one. A list is a JSON Patch; an
 # object patch is a merge patch, or a strategic merge patch where the caller says so.
 JSON = "application/json"
@@ -221,6 +188,16 @@ def path(api_version: str, plural: str, namespace: str | None = None, name: str 
     return "/".join(parts)
 
 
+def without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object without ``metadata.managedFields``, which the API server adds to every
+    object and no part of the operator reads (often half an object's memory). A new
+    top level and metadata where there was something to take out; the rest shared."""
+    meta = obj.get("metadata") or {}
+    if "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
 class Handoff:
     """Objects one part of the operator read a moment ago, for the part that is about
     to read them again (intake reads the pod an alert names; the engine, a few
@@ -238,9 +215,7 @@ class Handoff:
             OrderedDict()
 
     def put(self, kind: str, namespace: str, name: str, obj: dict[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        if "managedFields" in meta:  # read by no one, often half the object
-            obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+        obj = without_managed_fields(obj)
         with self._lock:
             self._held[(kind, namespace, name)] = (self._clock(), obj)
             self._held.move_to_end((kind, namespace, name))

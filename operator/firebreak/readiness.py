@@ -19,9 +19,8 @@ from pydantic import ValidationError
 
 from . import conditions as c
 from .api import (
-    GROUP,
+    API_VERSION,
     PLAYBOOK_PLURAL,
-    VERSION,
     ConditionStatus,
     ResponsePlaybookSpec,
     ResponsePlaybookStatus,
@@ -74,7 +73,7 @@ class PlaybookReadiness:
             observed_generation=generation,
             conditions=c.set_condition(current.conditions, READY, status, reason, message,
                                        now=now, generation=generation))
-        self.kube.request("PATCH", path(f"{GROUP}/{VERSION}", PLAYBOOK_PLURAL,
+        self.kube.request("PATCH", path(API_VERSION, PLAYBOOK_PLURAL,
                                         meta["namespace"], meta["name"], "status"),
                           {"status": updated.to_api()})
         if problem is not None and (was is None or was.status is not ConditionStatus.false

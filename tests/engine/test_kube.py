@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubernetes import client
 
 from firebreak.kube import (
     STRATEGIC_MERGE_PATCH,
@@ -24,11 +23,8 @@ from firebreak.kube import (
     PermanentApiError,
     TemporaryApiError,
     call,
-    create,
-    delete,
     path,
     raw,
-    read,
     read_raw,
 )
 from tests.engine.recorder import Recorder
@@ -67,31 +63,31 @@ def test_temporary_errors(api: Recorder, kube: Kube, status: int) -> None:
 
 def test_a_name_taken_is_already_exists_and_create_is_idempotent(api: Recorder,
                                                                  kube: Kube) -> None:
-    assert create(kube.core.create_namespaced_pod, NS, POD) is not None
+    assert kube.create(path("v1", "pods", NS), POD) is not None
     with pytest.raises(AlreadyExists):
         call(kube.core.create_namespaced_pod, NS, POD)
-    assert create(kube.core.create_namespaced_pod, NS, POD) is None
+    assert kube.create(path("v1", "pods", NS), POD) is None
     assert api.written() == [f"create pods {NS}/p"]
 
 
 def test_a_failed_precondition_is_a_conflict_not_already_exists(api: Recorder,
                                                                  kube: Kube) -> None:
     call(kube.core.create_namespaced_pod, NS, POD)
-    options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid="another"))
+    options = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": "another"}}
     with pytest.raises(Conflict) as raised:
-        delete(kube.core.delete_namespaced_pod, "p", NS, body=options)
+        kube.remove(path("v1", "pods", NS, "p"), options)
     assert not isinstance(raised.value, AlreadyExists)
     assert api.get("pods", NS, "p") is not None
 
 
 def test_absent_objects_read_as_none_and_delete_as_not_existing(api: Recorder,
                                                                 kube: Kube) -> None:
-    assert read(kube.core.read_namespaced_pod, "p", NS) is None
+    assert kube.read(path("v1", "pods", NS, "p")) is None
     assert read_raw(kube.core.read_namespaced_pod, "p", NS) is None
-    assert delete(kube.core.delete_namespaced_pod, "p", NS) is False
+    assert kube.remove(path("v1", "pods", NS, "p")) is False
     call(kube.core.create_namespaced_pod, NS, POD)
     assert raw(kube.core.read_namespaced_pod, "p", NS)["metadata"]["name"] == "p"
-    assert delete(kube.core.delete_namespaced_pod, "p", NS) is True
+    assert kube.remove(path("v1", "pods", NS, "p")) is True
     # Only 404 means absent: any other refusal is raised.
     api.fail("get", "pods", 403, "forbidden")
     with pytest.raises(Forbidden):

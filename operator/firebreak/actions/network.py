@@ -297,11 +297,11 @@ class _Quarantine:
                      {"op": "replace", "path": "/spec/podSelector", "value": wanted}]
             try:
                 updated = self.ctx.kube.request(
-                    "PATCH", path(NETWORKING, "networkpolicies", self.namespace, name), patch)
+                    "PATCH", _policy_path(self.namespace, name), patch)
             except NotFound:
                 return None
             except (Conflict, Invalid):  # changed since read: read again and redo
-                fresh = self.ctx.kube.read(path(NETWORKING, "networkpolicies", self.namespace,
+                fresh = self.ctx.kube.read(_policy_path(self.namespace,
                                                 name))
                 if fresh is None:
                     return None
@@ -335,7 +335,12 @@ def _policies(ctx: ActionContext, namespace: str) -> PolicySet:
     seen = ctx.policies(namespace) if ctx.policies is not None else None
     if seen is not None:
         return seen
-    return PolicySet(ctx.kube.items(path(NETWORKING, "networkpolicies", namespace)))
+    return PolicySet(ctx.kube.items(_policy_path(namespace)))
+
+
+def _policy_path(namespace: str, name: str | None = None) -> str:
+    """The REST path of a namespace's NetworkPolicies, or of one."""
+    return path(NETWORKING, "networkpolicies", namespace, name)
 
 
 def _refuse_host_network(pods: Sequence[Obj]) -> None:
@@ -536,10 +541,10 @@ class IsolateNetwork(Action):
                                       ctx.managed_labels(), ctx.incident.uid)
         existing = listed[0] if listed is not None else None
         if existing is None:
-            created = ctx.kube.create(path(NETWORKING, "networkpolicies", namespace), body)
+            created = ctx.kube.create(_policy_path(namespace), body)
             if created is not None:
                 return True, created
-            existing = ctx.kube.read(path(NETWORKING, "networkpolicies", namespace,
+            existing = ctx.kube.read(_policy_path(namespace,
                                           record.policy))
         if existing is None:
             return False, None
@@ -554,7 +559,7 @@ class IsolateNetwork(Action):
             raise ActionRefused(f"NetworkPolicy {namespace}/{record.policy} {whose}")
         if restore and _pruned(existing.get("spec")) != _pruned(body["spec"]):
             restored = ctx.kube.request(
-                "PATCH", path(NETWORKING, "networkpolicies", namespace, record.policy),
+                "PATCH", _policy_path(namespace, record.policy),
                 [{"op": "test", "path": "/metadata/resourceVersion",
                   "value": existing["metadata"]["resourceVersion"]},
                  {"op": "replace", "path": "/spec", "value": body["spec"]}])
@@ -595,7 +600,7 @@ class IsolateNetwork(Action):
                                  content_type=STRATEGIC_MERGE_PATCH)
             released.append(entry.name)
         restored, changed = self._remove_exclusions(ctx, record)
-        ctx.kube.remove(path(NETWORKING, "networkpolicies", namespace, record.policy))
+        ctx.kube.remove(_policy_path(namespace, record.policy))
         message = (f"removed NetworkPolicy {namespace}/{record.policy}; released "
                    f"{', '.join(released) or 'no pods (all gone)'}")
         if restored:
@@ -611,7 +616,7 @@ class IsolateNetwork(Action):
         """Take this incident's term out of every policy in the namespace that carries
         it (recorded or not: a crash may have come between a patch and its record)."""
         namespace, key = record.namespace, ctx.incident.key
-        policies = ctx.kube.items(path(NETWORKING, "networkpolicies", namespace))
+        policies = ctx.kube.items(_policy_path(namespace))
         versions = {e.name: e.resource_version for e in record.excluded or ()}
         quarantine = _Quarantine(ctx, IsolateNetworkParams(), namespace, record.policy,
                                  PolicySet(policies), [])
