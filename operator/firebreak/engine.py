@@ -590,7 +590,7 @@ class Run:
                   StepState.applied: "StepApplied", StepState.planned: "StepPlanned"}[state]
         trouble = state in (StepState.refused, StepState.failed)
         # Each applied step is in the timeline; Events (one API write each) are kept for
-        # what a person must notice, and the summary (StepsApplied) that follows.
+        # what a person must notice (see ``execute`` for the summary, StepsApplied).
         self.note(reason, f"{step.step} ({step.action.value}): {message}",
                   warning=trouble, event=trouble)
 
@@ -634,7 +634,12 @@ class Run:
                            f"step {aborted.step} did not complete: {aborted.message}")
         elif applied:
             message = f"{len(applied)} of {len(self.steps)} steps applied"
-            self.note(c.STEPS_APPLIED, message)
+            # An Event where a person waited for it (the steps ran after an approval);
+            # else the condition and the timeline say it, one API write less per
+            # incident on the common path.
+            approved = c.find(self.conditions, c.APPROVED)
+            waited = approved is not None and approved.reason != c.APPROVAL_NOT_REQUIRED
+            self.note(c.STEPS_APPLIED, message, event=waited)
             self._contained(message)
         else:
             self.condition(c.CONTAINED, ConditionStatus.false, c.NOT_CONTAINED,

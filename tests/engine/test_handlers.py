@@ -598,7 +598,7 @@ async def test_a_sweep_checks_only_the_quarantines_with_something_to_check(
     assert await sweep() == ["miner"]
     assert api.written()[before:] == [f"patch pods {NS}/web-5d9c-0",
                                       f"patch securityincidents/status {NS}/miner",
-                                      f"create events {NS}/miner.00006"]
+                                      f"create events {NS}/miner.00001"]  # QuarantineRestored
     assert await sweep() == []  # all settled now
 
     # A deny policy of someone else's selecting the pods opens nothing: still settled.

@@ -132,6 +132,10 @@ def test_manual_approval_waits_then_runs_when_a_person_approves(
                                                          "approved by alice: confirmed")
     assert states(api) == {"isolate": "Applied"}
     assert status(api)["phase"] == "Contained"
+    # Someone waited for these steps: their outcome is an Event too (without an
+    # approval, the status alone says it).
+    assert [e["reason"] for e in api.all("events")] == [
+        "PlaybookSelected", "AwaitingApproval", "ApprovedByPerson", "StepsApplied"]
 
 
 def test_a_rejection_skips_every_step(api: Recorder, engine: Engine) -> None:
