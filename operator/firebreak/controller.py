@@ -1,6 +1,6 @@
 """Who moves incidents on, and when: a store, a keyed queue, workers, and the Lease.
 
-Kopf watches; its event handlers only hand what they see to ``Controller.observe``,
+The watches (``watch.py``) hand what they see to ``Controller.observe``,
 which keeps the latest body of each incident and playbook and queues its key. The
 workers take keys from the queue and call the engine, and they do so only while
 this replica holds the Lease (``leader.py``); every other replica keeps its store
@@ -23,7 +23,7 @@ import contextlib
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +93,34 @@ def quarantine_index(body: dict[str, Any]) -> dict[Any, HeldQuarantine]:
     return entries
 
 
+class QuarantineIndex:
+    """The incidents holding a quarantine, under each key ``quarantine_index`` gives
+    them; kept from every body of an incident the watch (or intake) delivers."""
+
+    def __init__(self) -> None:
+        self._by: dict[Any, dict[Key, HeldQuarantine]] = {}
+        self._keys: dict[Key, list[Any]] = {}
+
+    def update(self, key: Key, body: dict[str, Any] | None) -> None:
+        """An incident as it is now (None: gone)."""
+        for entry in self._keys.pop(key, ()):
+            holders = self._by[entry]
+            del holders[key]
+            if not holders:
+                del self._by[entry]
+        if body is None:
+            return
+        entries = quarantine_index(body)
+        if entries:
+            self._keys[key] = list(entries)
+            for entry, held in entries.items():
+                self._by.setdefault(entry, {})[key] = held
+
+    def get(self, entry: Any, default: Iterable[HeldQuarantine] = ()) -> list[HeldQuarantine]:
+        holders = self._by.get(entry)
+        return list(holders.values()) if holders else list(default)
+
+
 def quarantined_pods(body: dict[str, Any], namespace: str) -> set[str]:
     """The uids of every pod an incident's isolateNetwork steps recorded in a namespace,
     whatever became of them since (decided, applied, or reverted)."""
@@ -158,6 +186,7 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue()
         self.playbooks: Callable[[], list[PlaybookCandidate]] = list
         self.indexed = False  # the watches' first listings are complete (handlers.py)
+        self.quarantines = QuarantineIndex()  # from every incident body seen (the loop's)
         self._store: dict[Key, dict[str, Any]] = {}
         self._written: dict[Key, int] = {}  # the resourceVersion of our own last write
         self._lock = threading.Lock()
@@ -196,6 +225,8 @@ class Controller:
         body = without_managed_fields(body)
         meta = body["metadata"]
         key = (kind, meta.get("namespace") or "", meta["name"])
+        if kind == INCIDENT:
+            self.quarantines.update(key, None if event == "DELETED" else body)
         if event == "DELETED":
             with self._lock:
                 self._store.pop(key, None)

@@ -1,9 +1,12 @@
-"""Kopf registrations. Kopf watches; the handlers hand what they see to the
-controller (``controller.py``), whose workers move incidents on.
+"""What the operator follows, and where it goes. The operator's own resources
+(incidents, playbooks) and the NetworkPolicies are followed by its own watches
+(``watch.py``), which hand each event to the functions here; Kopf runs the operator's
+start-up and clean-up, the Trivy Operator's reports, and the liveness probe.
 
-Incidents are followed with event handlers only: Kopf keeps no state on them (no
-progress or diff-base annotations, no finalizer of its own), so the API writes per
-incident are the engine's and intake's alone.
+Incidents, playbooks and policies are not Kopf's: its machinery for one watch event
+cost more CPU than the engine's work on the incident, and each incident fans out
+four. Kopf keeps no state on incidents (no annotations, no finalizer of its own), so
+the API writes per incident are the engine's and intake's alone.
 
 What the handlers use is built once at start-up into one typed ``Services`` object,
 kept in Kopf's memo under one key and read back through ``services(memo)``.
@@ -12,15 +15,15 @@ kept in Kopf's memo under one key and read back through ``services(memo)``.
 from __future__ import annotations
 
 import asyncio
-import copy
 import itertools
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
 
 import kopf
 from pydantic import ValidationError
@@ -29,20 +32,20 @@ from . import __version__, metrics
 from .actions import registry
 from .actions.network import OWNER_ANNOTATION
 from .api import (
+    API_VERSION,
     GROUP,
     INCIDENT_PLURAL,
     PLAYBOOK_PLURAL,
-    VERSION,
     ResponsePlaybookSpec,
 )
 from .budget import Budget
 from .config import OperatorConfig
-from .controller import INCIDENT, PLAYBOOK, Controller, HeldQuarantine, quarantine_index
+from .controller import INCIDENT, PLAYBOOK, Controller, HeldQuarantine
 from .engine import Engine
 from .events import EventPoster
 from .intake import Intake
 from .isolation import adds_nothing
-from .kube import Kube, without_managed_fields
+from .kube import Kube, path
 from .leader import Elector
 from .matching import PlaybookCandidate
 from .pollers import PrometheusPoller
@@ -55,10 +58,12 @@ from .sources.trivy import (
     signal_from_vulnerability_report,
 )
 from .views import PolicyView
+from .watch import Watch
 from .webhook import TokenSource, Webhook, describe_auth
 
-ALL = None  # the playbook index keeps every playbook under one key
+log = logging.getLogger(__name__)
 OWN_POLICY_CHECK_SECONDS = 1.0
+POLICIES = ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy")
 SERVICES = "services"
 
 
@@ -76,6 +81,11 @@ class Services:
     running: asyncio.Task[None] | None = None  # the controller's workers
     webhook: Webhook | None = None
     poller: asyncio.Task[None] | None = None
+    watching: asyncio.Task[None] | None = None  # the watches (``follow``)
+    # The valid playbooks, by (namespace, name), as the watch delivered them.
+    playbooks: dict[tuple[str, str], PlaybookCandidate] = field(default_factory=dict)
+    # Namespaces whose policies changed before the incidents were listed (``follow``).
+    unsettled: set[str] = field(default_factory=set)
 
 
 def services(memo: kopf.Memo) -> Services:
@@ -114,8 +124,7 @@ class NoChangeDetection(kopf.DiffBaseStorage):
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # The incident's own finalizer is the engine's (engine.py); Kopf's must differ, or
-    # Kopf would take ours off, having no deletion handler of its own.
+    # Kopf's finalizer must never be the engine's (engine.py), whatever Kopf watches.
     settings.persistence.finalizer = f"{GROUP}/kopf"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = NoChangeDetection()
@@ -124,7 +133,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
     settings.networking.request_timeout = 30
     settings.watching.server_timeout = 300
-    settings.batching.batch_window = 0.01  # react to a new incident at once
     config = _config(memo)
     kubeconfig = memo.get("kubeconfig")
     identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}"
@@ -137,7 +145,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         tokens = TokenSource(config, kube)
         problem = describe_auth(config, tokens)
         if problem is not None:
-            logging.getLogger(__name__).warning("alert webhook disabled: %s", problem)
+            log.warning("alert webhook disabled: %s", problem)
         else:
             webhook = Webhook(config, intake, tokens)
             await webhook.start()
@@ -155,7 +163,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if webhook is not None:
         webhook.on_created = controller.created
     metrics.queue_depth("reconcile", controller.queue.depth)
-    memo[SERVICES] = Services(
+    found = memo[SERVICES] = Services(
         config=config,
         engine=engine,
         controller=controller,
@@ -170,7 +178,56 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         running=asyncio.create_task(controller.run()),
         webhook=webhook,
         poller=poller,
+        watching=asyncio.create_task(follow(kube, memo)),
     )
+    wire(found)
+
+
+def wire(found: Services) -> None:
+    """Matching reads the playbooks the watch delivered."""
+    catalogue = found.playbooks
+    found.controller.playbooks = lambda: list(catalogue.values())
+
+
+def incidents_listed(found: Services) -> None:
+    """The first listing of incidents is delivered (after the playbooks' and the
+    policies'): intake may hand its new incidents over at once from now on, and a
+    policy that changed meanwhile, when there was no quarantine to check yet, has the
+    quarantines of its namespace checked now."""
+    controller = found.controller
+    controller.indexed = True
+    for namespace in sorted(found.unsettled):
+        for held in controller.quarantines.get(namespace):
+            controller.want_hold(held.namespace, held.name)
+    found.unsettled.clear()
+
+
+async def follow(kube: Kube, memo: kopf.Memo) -> None:
+    """Watch playbooks and policies; once both are listed, incidents, so that no
+    incident is matched against half the playbooks or judged on half the policies."""
+    found = services(memo)
+    playbook_watch = Watch(kube, path(API_VERSION, PLAYBOOK_PLURAL),
+                           partial(playbook, memo=memo), kind="ResponsePlaybook",
+                           api_version=API_VERSION)
+    policy_watch = Watch(kube, path(POLICIES[0], POLICIES[1]),
+                         partial(network_policy, memo=memo), kind=POLICIES[2],
+                         api_version=POLICIES[0])
+    incident_watch = Watch(kube, path(API_VERSION, INCIDENT_PLURAL),
+                           partial(incident, memo=memo), kind="SecurityIncident",
+                           api_version=API_VERSION)
+    tasks = [asyncio.create_task(w.run()) for w in (playbook_watch, policy_watch)]
+    try:
+        await playbook_watch.synced.wait()
+        await policy_watch.synced.wait()
+        if found.policies is not None:
+            found.policies.mark_synced()
+        tasks.append(asyncio.create_task(incident_watch.run()))
+        await incident_watch.synced.wait()
+        incidents_listed(found)
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 @kopf.on.cleanup()
@@ -185,6 +242,8 @@ async def stop_intake(memo: kopf.Memo, **_: Any) -> None:
         await found.webhook.stop()
     if found.poller is not None:
         found.poller.cancel()
+    if found.watching is not None:
+        found.watching.cancel()
     found.events.close()
 
 
@@ -233,93 +292,79 @@ def config_audit_report(type: str | None, body: kopf.Body, memo: kopf.Memo,
                   logger)
 
 
-@kopf.index(GROUP, VERSION, PLAYBOOK_PLURAL)
-def playbooks(namespace: str | None, name: str, spec: kopf.Spec,
-              logger: logging.Logger | logging.LoggerAdapter[Any],
-              **_: Any) -> dict[None, PlaybookCandidate] | None:
-    assert namespace is not None  # ResponsePlaybook is namespaced
+def candidate(body: Mapping[str, Any],
+              logger: logging.Logger | logging.LoggerAdapter[Any] = log) -> PlaybookCandidate | None:
+    """A playbook as matching uses it; None (logged) when its spec is invalid (its Ready
+    condition says why: readiness.py)."""
+    meta = body.get("metadata") or {}
+    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
     try:
-        parsed = ResponsePlaybookSpec.model_validate(dict(spec))
+        parsed = ResponsePlaybookSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         logger.warning("ResponsePlaybook %s/%s is invalid and ignored: %s", namespace, name, exc)
         return None
-    return {ALL: PlaybookCandidate(namespace=namespace, name=name, spec=parsed)}
+    return PlaybookCandidate(namespace=namespace, name=name, spec=parsed)
 
 
-@kopf.on.event(GROUP, VERSION, PLAYBOOK_PLURAL)
-async def playbook(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Every playbook says whether it is valid (its Ready condition), written by the
-    replica that acts."""
-    services(memo).controller.observe(PLAYBOOK, type, _plain(body))
-
-
-@kopf.on.event(GROUP, VERSION, INCIDENT_PLURAL)
-async def incident(type: str | None, body: kopf.Body, memo: kopf.Memo,
-                   playbooks: kopf.Index[Any, Any] | None = None, **_: Any) -> None:
-    """Every change of an incident queues it; the acting replica's workers move it on.
-    Kopf calls this only once the playbook index is complete, so no incident is
-    matched against half the playbooks."""
-    assert playbooks is not None  # Kopf passes the index by name
+async def playbook(type: str | None, body: dict[str, Any], memo: kopf.Memo) -> None:
+    """A playbook: into the catalogue matching reads (valid ones only), and to the
+    controller, which says whether it is valid (its Ready condition, written by the
+    replica that acts)."""
     found = services(memo)
-    controller = found.controller
-    if found.policies is not None:
-        # Kopf calls this only once every index (the policies' too) has its first
-        # listing: the view of the policies is complete from now on.
-        found.policies.mark_synced()
-    index = playbooks
-    controller.playbooks = lambda: list(index.get(ALL, []))
-    controller.indexed = True
-    controller.observe(INCIDENT, type, _plain(body))
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    valid = None if type == "DELETED" else candidate(body)
+    if valid is None:
+        found.playbooks.pop(key, None)
+    else:
+        found.playbooks[key] = valid
+    found.controller.observe(PLAYBOOK, type, body)
+
+
+async def incident(type: str | None, body: dict[str, Any], memo: kopf.Memo) -> None:
+    """Every change of an incident queues it; the acting replica's workers move it on."""
+    services(memo).controller.observe(INCIDENT, type, body)
     # The incident gauges: from the watch, so every replica counts every incident.
     metrics.INCIDENTS.observe(type, body)
 
 
-def _within_own(view: PolicyView | None, namespace: str, own: str, policy: kopf.Body) -> bool:
+def _within_own(view: PolicyView | None, namespace: str, own: str,
+                policy: dict[str, Any]) -> bool:
     """Whether ``policy`` allows nothing beyond what the quarantine policy ``own``
     allows (as the watch has it; False when it has not seen it)."""
     mine = view.get(namespace, own) if view is not None else None
-    return mine is not None and adds_nothing(dict(policy), mine)
+    return mine is not None and adds_nothing(policy, mine)
 
 
-def _plain(body: kopf.Body) -> dict[str, Any]:
-    """Kopf's live view of an object, as a plain dict the engine may keep (without the
-    managedFields the controller would drop: not copied to be thrown away)."""
-    return copy.deepcopy(without_managed_fields(dict(body)))
+class Quarantines(Protocol):
+    """How the policy handler looks quarantines up (``Controller.quarantines``)."""
+
+    def get(self, entry: Any, default: Iterable[HeldQuarantine], /
+            ) -> Iterable[HeldQuarantine]: ...
 
 
-# Indexes are asynchronous: Kopf would run a plain function in a thread, a hop that
-# costs more than the function.
-@kopf.index(GROUP, VERSION, INCIDENT_PLURAL)
-async def quarantines(body: kopf.Body, **_: Any) -> dict[Any, HeldQuarantine]:
-    """The incidents holding a quarantine: by namespace, and by (namespace, pod uid)."""
-    return quarantine_index(dict(body))
-
-
-@kopf.index("networking.k8s.io", "v1", "networkpolicies")
-async def policy_view(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Every policy the watch delivers goes into the operator's view of them
-    (views.py); as an index, its first listing is complete before any incident is
-    handled. Nothing is kept in Kopf's own index."""
-    found = services(memo).policies
-    if found is not None:
-        found.upsert(body)
-
-
-@kopf.on.event("networking.k8s.io", "v1", "networkpolicies")
-async def network_policy(type: str | None, body: kopf.Body, memo: kopf.Memo,
-                         quarantines: kopf.Index[Any, HeldQuarantine] | None = None,
-                         **_: Any) -> None:
-    """A policy in a namespace holding a quarantine appeared, changed or went: each
-    incident there puts its quarantine back and judges it again, at once."""
-    assert quarantines is not None
+async def network_policy(type: str | None, body: dict[str, Any], memo: kopf.Memo,
+                         quarantines: Quarantines | None = None) -> None:
+    """Every policy goes into the operator's view of them (views.py). One in a namespace
+    holding a quarantine appeared, changed or went: each incident there puts its
+    quarantine back and judges it again, at once."""
+    found = services(memo)
     meta = body.get("metadata") or {}
-    view = services(memo).policies
-    if view is not None and type == "DELETED":  # the index sees every other change
-        view.remove(str(meta.get("namespace")), str(meta.get("name")))
-    owner = (meta.get("annotations") or {}).get(OWNER_ANNOTATION)
-    controller = services(memo).controller
     namespace = str(meta.get("namespace"))
-    theirs = controller.quarantined_by(dict(body)) if owner else None
+    view = found.policies
+    if view is not None:
+        if type == "DELETED":
+            view.remove(namespace, str(meta.get("name")))
+        else:
+            view.upsert(body)
+    controller = found.controller
+    if quarantines is None:
+        if not controller.indexed:  # checked once the incidents are listed (``follow``)
+            found.unsettled.add(namespace)
+            return
+        quarantines = controller.quarantines
+    owner = (meta.get("annotations") or {}).get(OWNER_ANNOTATION)
+    theirs = controller.quarantined_by(body) if owner else None
     # An incident's quarantine policy can open only the pods it quarantines: only its
     # own incident and the quarantines of those pods are asked (found by pod, not by
     # trying every quarantine of the namespace).

@@ -316,10 +316,8 @@ class Kube:
               content_type: str | None, _request_timeout: float = REQUEST_TIMEOUT,
               text: bool = False) -> Any:
         configuration = self.api_client.configuration
-        headers = {**self.api_client.default_headers, "Accept": "*/*" if text else JSON}
-        for setting in configuration.auth_settings().values():  # refreshes a token
-            if setting["in"] == "header":
-                headers[setting["key"]] = setting["value"]
+        headers = {**self.api_client.default_headers, "Accept": "*/*" if text else JSON,
+                   **self.auth_headers()}
         data = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":"))
@@ -337,6 +335,12 @@ class Kube:
         if text:
             return payload.decode("utf-8", errors="replace")
         return json.loads(payload)
+
+    def auth_headers(self) -> dict[str, str]:
+        """The credentials' headers (a bearer token, refreshed when it is due)."""
+        return {setting["key"]: setting["value"]
+                for setting in self.api_client.configuration.auth_settings().values()
+                if setting["in"] == "header"}
 
     def read(self, url_path: str, **options: Any) -> dict[str, Any] | None:
         """GET one object; None when it does not exist."""

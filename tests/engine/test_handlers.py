@@ -1,6 +1,7 @@
-"""The Kopf handlers hand what they see to the controller, whose workers move incidents
-on; here they are called as Kopf calls them, with a memo holding ``Services`` over the
-recording API, and the controller's workers running on the test's event loop."""
+"""The handlers hand what the watches see to the controller, whose workers move
+incidents on; here they are called as the watches call them, with a memo holding
+``Services`` over the recording API, and the controller's workers running on the test's
+event loop."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from firebreak import handlers
 from firebreak.actions import registry
 from firebreak.config import OperatorConfig
-from firebreak.controller import INCIDENT, Controller
+from firebreak.controller import INCIDENT, Controller, quarantine_index
 from firebreak.engine import Engine
 from firebreak.events import EventPoster, post_event
 from firebreak.intake import Intake
@@ -83,12 +84,13 @@ async def memo(api: Recorder, clock: Clock, switch: Switch) -> AsyncIterator[kop
     controller = Controller(engine, readiness, switch, workers=2,  # type: ignore[arg-type]
                             hold_interval=0)
     found = kopf.Memo(config=config)
-    found[handlers.SERVICES] = handlers.Services(
+    services = found[handlers.SERVICES] = handlers.Services(
         config=config, engine=engine, controller=controller,
         intake=Intake(kube, config, clock=clock, retry_for=0), events=events,
         policies=PolicyView(),
         trivy=TrivyThresholds(min_severity="CRITICAL", require_fix=True, min_count=1),
         running=asyncio.create_task(controller.run()))
+    handlers.wire(services)
     yield found
     running = found[handlers.SERVICES].running
     assert running is not None
@@ -97,8 +99,11 @@ async def memo(api: Recorder, clock: Clock, switch: Switch) -> AsyncIterator[kop
     events.close()
 
 
-def index(*books: Any) -> dict[None, list[Any]]:
-    return {handlers.ALL: list(books)}
+def catalogue(memo: kopf.Memo, *books: Any) -> None:
+    """The playbooks, as their watch delivered them."""
+    found = handlers.services(memo).playbooks
+    found.clear()
+    found.update({(b.namespace, b.name): b for b in books})
 
 
 async def settle(memo: kopf.Memo) -> None:
@@ -112,19 +117,21 @@ async def settle(memo: kopf.Memo) -> None:
 
 
 async def indexed(api: Recorder, *names: str) -> dict[Any, list[Any]]:
-    """The index of quarantines as Kopf keeps it, over these incidents as stored now."""
+    """An index of quarantines over only these incidents, as stored now."""
     index: dict[Any, list[Any]] = {}
     for name in names:
-        for key, value in (await handlers.quarantines(body=incident(api, name))).items():
+        for key, value in quarantine_index(incident(api, name)).items():
             index.setdefault(key, []).append(value)
     return index
 
 
 async def seen(memo: kopf.Memo, api: Recorder, *books: Any, event: str = "MODIFIED",
                name: str = "miner") -> None:
-    """Kopf's event for the incident as stored now, then the workers' run."""
-    await handlers.incident(type=event, body=incident(api, name), memo=memo,
-                            playbooks=index(*books))
+    """The watch's event for the incident as stored now (the watches' first listings
+    complete), then the workers' run."""
+    catalogue(memo, *books)
+    handlers.incidents_listed(handlers.services(memo))
+    await handlers.incident(type=event, body=incident(api, name), memo=memo)
     await settle(memo)
 
 
@@ -151,8 +158,8 @@ async def test_an_incident_intake_created_is_worked_on_without_waiting_for_the_w
     assert states(api, "again") == {"isolate": "Applied"}
     # The watch's delivery of that creation, a moment later, is not worked on again.
     writes = len(api.writes)
-    await handlers.incident(type="ADDED", body=made, memo=memo,
-                            playbooks=index(playbook("contain", ISOLATE)))
+    catalogue(memo, playbook("contain", ISOLATE))
+    await handlers.incident(type="ADDED", body=made, memo=memo)
     assert (INCIDENT, NS, "again") not in controller.queue
     await settle(memo)
     assert len(api.writes) == writes
@@ -164,13 +171,13 @@ async def test_the_controller_keeps_incidents_without_their_managed_fields(
     add_incident(api)
     body = incident(api)
     body["metadata"]["managedFields"] = [{"manager": "firebreak", "fieldsV1": {"f:status": {}}}]
-    await handlers.incident(type="ADDED", body=body, memo=memo,
-                            playbooks=index(playbook("contain", ISOLATE)))
+    catalogue(memo, playbook("contain", ISOLATE))
+    await handlers.incident(type="ADDED", body=body, memo=memo)
     await settle(memo)
     assert states(api) == {"isolate": "Applied"}
     for kept in controller._store.values():
         assert "managedFields" not in kept["metadata"] and kept["metadata"]["name"] == "miner"
-    assert "managedFields" in body["metadata"]  # Kopf's object is left as it was
+    assert "managedFields" in body["metadata"]  # the watch's object is left as it was
 
 
 async def test_the_echo_of_its_own_write_is_not_worked_on_again(api: Recorder,
@@ -226,8 +233,8 @@ async def test_a_replica_that_does_not_lead_acts_on_nothing_until_it_does(
     switch.flip(False)
     add_incident(api)
     before = len(api.requests)
-    await handlers.incident(type="ADDED", body=incident(api), memo=memo,
-                            playbooks=index(playbook("contain", ISOLATE)))
+    catalogue(memo, playbook("contain", ISOLATE))
+    await handlers.incident(type="ADDED", body=incident(api), memo=memo)
     await asyncio.sleep(0.2)
     assert len(api.requests) == before
     assert not handlers.services(memo).controller.queue.idle()  # kept for when it leads
@@ -259,7 +266,7 @@ async def test_its_own_policy_as_it_made_it_asks_for_no_check(api: Recorder,
                                                              memo: kopf.Memo) -> None:
     add_incident(api)
     await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
-    held = (await handlers.quarantines(body=incident(api)))[NS]
+    held = quarantine_index(incident(api))[NS]
     own = api.get("networkpolicies", NS, held.policy)
     await handlers.network_policy(type="ADDED", body=own, memo=memo,
                                   quarantines=await indexed(api, "miner"))
@@ -271,7 +278,7 @@ async def test_its_own_policy_changed_asks_for_a_check_even_with_no_pod_left_to_
         api: Recorder, memo: kopf.Memo) -> None:
     add_incident(api)
     await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
-    held = (await handlers.quarantines(body=incident(api)))[NS]
+    held = quarantine_index(incident(api))[NS]
     index = await indexed(api, "miner")
     assert [k for k in index if k[0] == "pod"] != []
     # Found by its policy's name, not by the pods: here it records none.
@@ -423,13 +430,15 @@ async def test_an_invalid_playbook_is_left_out_of_matching_and_shadows_no_valid_
     good = {"priority": 1, "steps": [ISOLATE]}
     bad = {"priority": 100, "steps": [
         {"name": "stop", "action": "scaleDown", "params": {"replicas": -1}}]}
-    indexed = [handlers.playbooks(namespace=OPERATOR_NS, name=name, spec=spec, logger=LOG)
-               for name, spec in (("good", good), ("bad", bad))]
-    assert indexed[1] is None
-    assert indexed[0] is not None
+    for name, spec in (("good", good), ("bad", bad)):
+        await handlers.playbook(type="ADDED", body=_stored_playbook(api, name, spec), memo=memo)
+    assert list(handlers.services(memo).playbooks) == [(OPERATOR_NS, "good")]
     add_incident(api)
-    await seen(memo, api, indexed[0][handlers.ALL], event="ADDED")
+    handlers.incidents_listed(handlers.services(memo))
+    await handlers.incident(type="ADDED", body=incident(api), memo=memo)
+    await settle(memo)
     assert states(api) == {"isolate": "Applied"}
+    assert incident(api)["status"]["playbook"]["name"] == "good"
 
 
 async def test_another_incidents_quarantine_policy_asks_for_one_check_within_a_second(
@@ -458,7 +467,7 @@ async def test_another_incidents_quarantine_of_other_pods_asks_for_no_check(
                  target={"kind": "Pod", "namespace": NS, "name": "web-5d9c-1"})
     for name in ("miner", "again", "elsewhere"):
         await seen(memo, api, playbook("contain", ISOLATE), event="ADDED", name=name)
-    held = {name: (await handlers.quarantines(body=incident(api, name)))[NS]
+    held = {name: quarantine_index(incident(api, name))[NS]
             for name in ("miner", "again", "elsewhere")}
     controller = handlers.services(memo).controller
     # The policy of "elsewhere" selects only its own pod: nothing "miner" holds.
@@ -483,15 +492,11 @@ async def test_the_policy_watch_feeds_the_view_which_answers_once_incidents_are_
     assert view is not None
     allow = {"metadata": {"name": "allow", "namespace": NS, "resourceVersion": "5"},
              "spec": {"podSelector": {}}}
-    await handlers.policy_view(body=allow, memo=memo)
+    await handlers.network_policy(type=None, body=allow, memo=memo)
     assert view.in_namespace(NS) is None  # the first listing may still be arriving
-    # Kopf hands over incidents only once every index has its first listing.
-    add_incident(api)
-    await seen(memo, api, playbook("contain", ISOLATE), event="ADDED")
+    view.mark_synced()  # as ``follow`` does once the policies are listed
     assert [p["metadata"]["name"] for p in view.in_namespace(NS) or []] == ["allow"]
     changed = {**allow, "metadata": {**allow["metadata"], "resourceVersion": "6"}}
-    # Kopf hands every change to the index first, then to the event handler.
-    await handlers.policy_view(body=changed, memo=memo)
     await handlers.network_policy(type="MODIFIED", body=changed, memo=memo, quarantines={})
     assert [p["metadata"]["resourceVersion"] for p in view.in_namespace(NS) or []] == ["6"]
     await handlers.network_policy(type="DELETED", body=changed, memo=memo, quarantines={})
@@ -505,9 +510,10 @@ async def test_another_quarantine_of_the_same_pod_allowing_no_more_asks_for_no_c
     add_incident(api, name="again")
     for name in ("miner", "again"):
         await seen(memo, api, playbook("contain", ISOLATE), event="ADDED", name=name)
-    held = {name: (await handlers.quarantines(body=incident(api, name)))[NS] for name in ("miner", "again")}
+    held = {name: quarantine_index(incident(api, name))[NS] for name in ("miner", "again")}
     for name in ("miner", "again"):  # as the policy watch delivers them
-        await handlers.policy_view(body=api.get("networkpolicies", NS, held[name].policy), memo=memo)
+        await handlers.network_policy(type="ADDED", memo=memo, quarantines={},
+                                      body=api.get("networkpolicies", NS, held[name].policy))
     controller = handlers.services(memo).controller
     theirs = api.get("networkpolicies", NS, held["again"].policy)
     assert theirs is not None
@@ -529,8 +535,8 @@ async def test_the_periodic_check_of_every_quarantine_is_spread_over_its_interva
         await seen(memo, api, playbook("contain", ISOLATE), event="ADDED", name=name)
     controller = handlers.services(memo).controller
     add_incident(api, name="unheld")  # no quarantine: never checked
-    await handlers.incident(type="ADDED", body=incident(api, "unheld"), memo=memo,
-                            playbooks=index())
+    catalogue(memo)
+    await handlers.incident(type="ADDED", body=incident(api, "unheld"), memo=memo)
     await settle(memo)
     controller.hold_every_quarantine(within=60.0)
     # One check now, the others at 20 and 40 s: none waits for all the others.
@@ -627,3 +633,25 @@ def test_nothing_relies_on_kopfs_change_detection_which_is_off() -> None:
     storage = handlers.NoChangeDetection()
     body = kopf.Body({"metadata": {"name": "x", "labels": {"a": "1"}}, "spec": {"b": 1}})
     assert storage.build(body=body) == {} and storage.fetch(body=body) is None
+
+
+async def test_a_policy_changed_before_the_incidents_are_listed_is_checked_once_they_are(
+        api: Recorder, memo: kopf.Memo) -> None:
+    found = handlers.services(memo)
+    controller = found.controller
+    add_incident(api)
+    catalogue(memo, playbook("contain", ISOLATE))
+    await handlers.incident(type=None, body=incident(api), memo=memo)  # being listed
+    await settle(memo)
+    assert states(api) == {"isolate": "Applied"}
+    await handlers.incident(type="MODIFIED", body=incident(api), memo=memo)  # its echo
+    other = {"metadata": {"name": "allow-all", "namespace": NS}, "spec": {"podSelector": {}}}
+    await handlers.network_policy(type="ADDED", body=other, memo=memo)
+    # No quarantine to look up yet (the listing of incidents may be half done).
+    assert (INCIDENT, NS, "miner") not in controller.queue
+    handlers.incidents_listed(found)
+    assert (INCIDENT, NS, "miner") in controller.queue
+    await settle(memo)
+    # From now on, the index of quarantines the incidents' events keep answers at once.
+    await handlers.network_policy(type="MODIFIED", body=other, memo=memo)
+    assert (INCIDENT, NS, "miner") in controller.queue
