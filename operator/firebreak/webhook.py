@@ -70,6 +70,11 @@ class TokenSource:
             return f"Secret {self.config.namespace}/{self.config.webhook_token_secret}"
         return None
 
+    def at_hand(self) -> bool:
+        """Whether ``token`` answers without the API (a file, or the Secret read already):
+        then it is called on the event loop, not through a thread."""
+        return self.config.webhook_token_file is not None or self._token is not None
+
     def token(self) -> str | None:
         path = self.config.webhook_token_file
         if path is not None:
@@ -298,7 +303,8 @@ class Webhook:
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "POST" and self.config.webhook_auth == "token":
             try:
-                expected = await asyncio.to_thread(self.tokens.token)
+                expected = self.tokens.token() if self.tokens.at_hand() \
+                    else await asyncio.to_thread(self.tokens.token)
             except TemporaryApiError as exc:
                 return self.unavailable(f"cannot check the bearer token now, retry later: {exc}")
             given = request.headers.get("Authorization", "")

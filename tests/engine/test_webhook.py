@@ -64,6 +64,18 @@ async def test_every_incident_is_stored_before_the_answer(http: TestClient,  # t
         f"create securityincidents {NS}/{i['name']}" for i in answer["incidents"])
 
 
+async def test_the_token_secret_is_read_once(http: TestClient,  # type: ignore[type-arg]
+                                             api: Recorder) -> None:
+    secret = ("GET", f"/api/v1/namespaces/{OPERATOR_NS}/secrets/webhook-token")
+    for pod in ("web-5d9c-0", "web-5d9c-1", "web-5d9c-0"):
+        response = await http.post("/alertmanager", json=alertmanager(pod), headers=AUTH)
+        assert response.status == 200
+    assert api.requests.count(secret) == 1
+    wrong = await http.post("/alertmanager", json=alertmanager("web-5d9c-0"),
+                            headers={"Authorization": "Bearer wrong"})
+    assert wrong.status == 401 and api.requests.count(secret) == 1
+
+
 async def test_a_falco_event_becomes_an_incident(http: TestClient,  # type: ignore[type-arg]
                                                  api: Recorder) -> None:
     event = {"output": "miner started", "priority": "Critical", "rule": "Crypto miner",
