@@ -230,6 +230,16 @@ async def follow(kube: Kube, memo: kopf.Memo) -> None:
             task.cancel()
 
 
+@kopf.on.probe(id="watching", errors=kopf.ErrorsMode.PERMANENT)
+def watching(memo: kopf.Memo, **_: Any) -> bool:
+    """For the liveness probe: the watches still run (they retry every failure; one
+    that ended has failed for good, and the replica should be restarted)."""
+    task = services(memo).watching
+    if task is not None and task.done():
+        raise kopf.PermanentError("the watches of incidents, playbooks and policies stopped")
+    return True
+
+
 @kopf.on.cleanup()
 async def stop_intake(memo: kopf.Memo, **_: Any) -> None:
     found = services(memo)

@@ -112,12 +112,14 @@ class Watch:
                 except Gone:
                     log.info("watch of %s: its version is gone; listing again", self.url_path)
                     self.version = None
-                except (aiohttp.ClientError, OSError, TimeoutError, WatchFailed,
-                        ValueError) as exc:
+                except Exception as exc:  # the connection, the server, or a bad answer
                     delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
                     failures += 1
-                    log.warning("watch of %s: %s; again in %ss", self.url_path,
-                                exc or type(exc).__name__, delay)
+                    expected = (aiohttp.ClientError, OSError, TimeoutError, WatchFailed)
+                    log.log(logging.WARNING if isinstance(exc, expected) else logging.ERROR,
+                            "watch of %s: %s; again in %ss", self.url_path,
+                            exc or type(exc).__name__, delay,
+                            exc_info=not isinstance(exc, expected))
                     await asyncio.sleep(delay * random.uniform(0.8, 1.2))
 
     def _headers(self) -> dict[str, str]:

@@ -6,6 +6,7 @@ event loop."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -655,3 +656,20 @@ async def test_a_policy_changed_before_the_incidents_are_listed_is_checked_once_
     # From now on, the index of quarantines the incidents' events keep answers at once.
     await handlers.network_policy(type="MODIFIED", body=other, memo=memo)
     assert (INCIDENT, NS, "miner") in controller.queue
+
+
+async def test_the_liveness_probe_fails_once_the_watches_have_stopped(memo: kopf.Memo) -> None:
+    async def stopped() -> None:
+        raise RuntimeError("a bug")
+
+    found = handlers.services(memo)
+    running = dataclasses.replace(found, watching=asyncio.create_task(asyncio.sleep(60)))
+    memo[handlers.SERVICES] = running
+    assert handlers.watching(memo=memo) is True
+    assert running.watching is not None
+    running.watching.cancel()
+    memo[handlers.SERVICES] = dataclasses.replace(found, watching=asyncio.create_task(stopped()))
+    await asyncio.sleep(0)
+    with pytest.raises(kopf.PermanentError):
+        handlers.watching(memo=memo)
+    memo[handlers.SERVICES] = found
