@@ -37,19 +37,30 @@ class Budget:
             if incident in self._starts:
                 return None  # counted already: a resumed run, or another replica's
             since = now - WINDOW
-            for key in [k for k, (t, _) in self._starts.items() if t <= since]:
-                del self._starts[key]
-            recent = sorted(t for t, _ in self._starts.values())
-            ours = sorted(t for t, p in self._starts.values() if p == playbook)
-            for limit, times, scope in ((self.per_minute, recent, "cluster-wide"),
-                                        (playbook_limit or 0, ours, f"for playbook {playbook}")):
-                if limit and len(times) >= limit:
+            self._forget(since)
+            for limit, book, scope in ((self.per_minute, None, "cluster-wide"),
+                                       (playbook_limit or 0, playbook,
+                                        f"for playbook {playbook}")):
+                if not limit:
+                    continue  # no limit: nothing to count (a flood costs no sorting)
+                times = sorted(t for t, p in self._starts.values()
+                               if t > since and (book is None or p == book))
+                if len(times) >= limit:
                     free_at = times[len(times) - limit] + WINDOW
                     return Wait(seconds=max(0.05, (free_at - now).total_seconds()),
                                 reason=f"{len(times)} incidents began acting in the last "
                                        f"minute, the budget {scope} is {limit} per minute")
             self._starts[incident] = (now, playbook)
             return None
+
+    def _forget(self, since: dt.datetime) -> None:
+        """Drop the starts older than the window from the front (the oldest noted first,
+        mostly); one noted out of order behind a newer one waits for it, uncounted."""
+        while self._starts:
+            key = next(iter(self._starts))
+            if self._starts[key][0] > since:
+                return
+            del self._starts[key]
 
 
 @dataclass(frozen=True)

@@ -79,3 +79,15 @@ def test_starts_older_than_the_window_are_forgotten() -> None:
     budget.admit(("ns", "a"), "ops/book", None, at(0))
     assert budget.admit(("ns", "b"), "ops/book", None, at(60)) is None
     assert budget.admit(("ns", "a"), "ops/book", None, at(61)) is not None  # a is gone
+
+
+def test_a_start_noted_out_of_order_is_not_counted_once_older_than_the_window() -> None:
+    budget = Budget(per_minute=2)
+    budget.note(("ns", "a"), "ops/book", at(30))
+    budget.note(("ns", "b"), "ops/book", at(5))  # seen late, behind a newer start
+    # b began exactly a minute ago: out of the window, not counted.
+    assert budget.admit(("ns", "c"), "ops/book", None, at(65)) is None
+    wait = budget.admit(("ns", "d"), "ops/book", None, at(66))
+    assert wait is not None and wait.seconds == 24  # a and c count; a leaves at 90
+    assert budget.admit(("ns", "e"), "ops/book", None, at(91)) is None
+    assert list(budget._starts) == [("ns", "c"), ("ns", "e")]  # a, then b, forgotten
