@@ -373,6 +373,8 @@ class Webhook:
             return recorded
 
         async def both() -> list[Recorded]:
+            if len(signals) == 1:  # nothing to wait for between the two: one thread hop
+                return await self._in_pool(lambda signal: store(prepare(signal)), signals)
             prepared = await self._in_pool(prepare, signals)
             return await self._in_pool(store, prepared)
 
