@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .actions.base import INCIDENT_LABEL, INCIDENT_NAMESPACE_LABEL, IncidentRef
 from .api import FINALIZER, ActionName, StepState
@@ -95,30 +96,38 @@ def quarantine_index(body: dict[str, Any]) -> dict[Any, HeldQuarantine]:
 
 class QuarantineIndex:
     """The incidents holding a quarantine, under each key ``quarantine_index`` gives
-    them; kept from every body of an incident the watch (or intake) delivers."""
+    them; kept from every body of an incident seen (the watch's, intake's, and this
+    replica's own writes), from any thread."""
 
     def __init__(self) -> None:
         self._by: dict[Any, dict[Key, HeldQuarantine]] = {}
         self._keys: dict[Key, list[Any]] = {}
+        self._lock = threading.Lock()
 
     def update(self, key: Key, body: dict[str, Any] | None) -> None:
         """An incident as it is now (None: gone)."""
-        for entry in self._keys.pop(key, ()):
-            holders = self._by[entry]
-            del holders[key]
-            if not holders:
-                del self._by[entry]
-        if body is None:
-            return
-        entries = quarantine_index(body)
-        if entries:
-            self._keys[key] = list(entries)
-            for entry, held in entries.items():
-                self._by.setdefault(entry, {})[key] = held
+        entries = quarantine_index(body) if body is not None else {}
+        with self._lock:
+            for entry in self._keys.pop(key, ()):
+                holders = self._by[entry]
+                del holders[key]
+                if not holders:
+                    del self._by[entry]
+            if entries:
+                self._keys[key] = list(entries)
+                for entry, held in entries.items():
+                    self._by.setdefault(entry, {})[key] = held
 
     def get(self, entry: Any, default: Iterable[HeldQuarantine] = ()) -> list[HeldQuarantine]:
-        holders = self._by.get(entry)
-        return list(holders.values()) if holders else list(default)
+        with self._lock:
+            holders = self._by.get(entry)
+            return list(holders.values()) if holders else list(default)
+
+    def by_namespace(self) -> dict[str, list[Key]]:
+        """The incidents holding a quarantine in each namespace."""
+        with self._lock:
+            return {entry: list(holders) for entry, holders in self._by.items()
+                    if isinstance(entry, str)}
 
 
 def quarantined_pods(body: dict[str, Any], namespace: str) -> set[str]:
@@ -169,6 +178,23 @@ def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]
     return found
 
 
+class Stored(NamedTuple):
+    """A body as the controller keeps it: encoded (JSON bytes take a quarter of the
+    memory of the parsed object), decoded only when a worker takes it."""
+
+    version: str
+    encoded: bytes
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Stored:
+        return cls(str(body["metadata"].get("resourceVersion") or ""),
+                   json.dumps(body, separators=(",", ":")).encode())
+
+    def body(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = json.loads(self.encoded)
+        return decoded
+
+
 def _version(body: dict[str, Any]) -> int | None:
     """The resourceVersion as a number, where it is one (etcd's revisions are)."""
     value = str(body["metadata"].get("resourceVersion") or "")
@@ -187,7 +213,7 @@ class Controller:
         self.playbooks: Callable[[], list[PlaybookCandidate]] = list
         self.indexed = False  # the watches' first listings are complete (handlers.py)
         self.quarantines = QuarantineIndex()  # from every incident body seen (the loop's)
-        self._store: dict[Key, dict[str, Any]] = {}
+        self._store: dict[Key, Stored] = {}
         self._written: dict[Key, int] = {}  # the resourceVersion of our own last write
         self._lock = threading.Lock()
         self._holds: set[Key] = set()
@@ -243,7 +269,9 @@ class Controller:
             ours = self._written.get(key)
             if seen is not None and ours is not None and seen <= ours:
                 return  # our own write coming back, or older than it
-            self._store[key] = body
+        stored = Stored.of(body)
+        with self._lock:
+            self._store[key] = stored
         self.queue.add(key)
 
     def _count_start(self, body: dict[str, Any]) -> None:
@@ -267,8 +295,10 @@ class Controller:
         meta = body["metadata"]
         key = (INCIDENT, meta["namespace"], meta["name"])
         seen = _version(body)
+        self.quarantines.update(key, body)
+        stored = Stored.of(body)
         with self._lock:
-            self._store[key] = body
+            self._store[key] = stored
             if seen is not None:
                 self._written[key] = seen
 
@@ -290,16 +320,22 @@ class Controller:
         mine = self._pods((INCIDENT, held.namespace, held.name), namespace)
         return mine is None or bool(mine & pods)
 
+    def body(self, key: Key) -> dict[str, Any] | None:
+        """The latest body kept of ``key`` (the caller's own copy)."""
+        with self._lock:
+            stored = self._store.get(key)
+        return stored.body() if stored is not None else None
+
     def _pods(self, key: Key, namespace: str) -> set[str] | None:
         with self._lock:
-            body = self._store.get(key)
-            if body is None:
+            stored = self._store.get(key)
+            if stored is None:
                 return None
-            version = body["metadata"].get("resourceVersion")
+            version = stored.version
             cached = self._quarantined.get((key, namespace))
             if cached is not None and cached[0] == version:
                 return cached[1]
-        pods = quarantined_pods(body, namespace)
+        pods = quarantined_pods(stored.body(), namespace)
         with self._lock:
             self._quarantined[(key, namespace)] = (version, pods)
         return pods
@@ -365,8 +401,7 @@ class Controller:
                             self._pool, self._sweep, key[1]):
                         self.want_hold(namespace, name)
                     continue
-                with self._lock:
-                    body = self._store.get(key)
+                body = self.body(key)
                 if body is None:
                     continue
                 playbooks = self.playbooks()
@@ -391,14 +426,8 @@ class Controller:
         """Ask for a check of every quarantine held, spread evenly over ``within``
         seconds. A namespace holding ``SWEEP_AT_LEAST`` quarantines or more is one
         sweep: its pods listed once, then every quarantine there checked against them."""
-        by_namespace: dict[str, list[Key]] = {}
-        with self._lock:
-            for key, body in self._store.items():
-                if key[0] == INCIDENT:
-                    for namespace in quarantines_of(body):
-                        by_namespace.setdefault(namespace, []).append(key)
         units: dict[Key, None] = {}
-        for namespace, keys in by_namespace.items():
+        for namespace, keys in sorted(self.quarantines.by_namespace().items()):
             if len(keys) >= SWEEP_AT_LEAST:
                 units[(SWEEP, namespace, "")] = None
             else:
@@ -419,9 +448,9 @@ class Controller:
             log.warning("sweep of %s: %s; its quarantines are checked one by one", namespace,
                         exc)
             pods = None
-        with self._lock:
-            held = [(key, body) for key, body in self._store.items()
-                    if key[0] == INCIDENT and namespace in quarantines_of(body)]
+        held = [(key, body) for key in sorted({(INCIDENT, h.namespace, h.name)
+                                               for h in self.quarantines.get(namespace)})
+                if (body := self.body(key)) is not None]
         if pods is None:
             return [key for key, _ in held]
         by_uid = {p["metadata"]["uid"]: p for p in pods}
@@ -482,8 +511,8 @@ class Controller:
                 self._holds.discard(key)
                 # From the latest body seen (this replica's own writes included): its
                 # writes carry that version, so a body gone stale is read afresh.
+                latest = self.body(key)
                 with self._lock:
-                    latest = self._store.get(key)
                     swept = self._swept.pop(key, None)
                 self.engine.hold(namespace, name, latest, pods=swept)
             return retry
