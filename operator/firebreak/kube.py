@@ -205,7 +205,7 @@ class Handoff:
     once, within ``ttl`` seconds of its read; whoever takes it must not rely on it
     being current beyond that (its writes carry the uid as a precondition)."""
 
-    def __init__(self, ttl: float = 5.0, limit: int = 256,
+    def __init__(self, ttl: float = 30.0, limit: int = 512,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.limit = limit

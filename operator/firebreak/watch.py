@@ -70,13 +70,6 @@ def _key(obj: dict[str, Any]) -> tuple[str, str]:
     return meta.get("namespace") or "", meta.get("name") or ""
 
 
-def _stub(obj: dict[str, Any]) -> dict[str, Any]:
-    """What is kept of a known object, to deliver its deletion should a listing no
-    longer hold it: its identity, labels and annotations."""
-    meta = obj.get("metadata") or {}
-    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
-            "metadata": {k: meta[k] for k in ("namespace", "name", "uid", "resourceVersion",
-                                              "labels", "annotations") if k in meta}}
 
 
 class Watch:
@@ -95,7 +88,10 @@ class Watch:
         self.watch_seconds = watch_seconds
         self.synced = asyncio.Event()
         self.version: str | None = None
-        self._known: dict[tuple[str, str], dict[str, Any]] = {}
+        # Each object known, by (namespace, name): its uid. Enough to deliver its deletion
+        # should a listing no longer hold it (a few hundred bytes per object, not its
+        # labels and annotations: the handlers take a deletion so told conservatively).
+        self._known: dict[tuple[str, str], str] = {}
 
     async def run(self) -> None:
         configuration = self.kube.api_client.configuration
@@ -151,7 +147,7 @@ class Watch:
                 break
             query = {"limit": self.page, "continue": token}
         listed = {_key(item) for item in items}
-        gone = [stub for key, stub in self._known.items() if key not in listed]
+        gone = [self._stub(key, uid) for key, uid in self._known.items() if key not in listed]
         self._known = {}
         for stub in gone:
             await self._deliver("DELETED", stub)
@@ -187,12 +183,18 @@ class Watch:
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             await self._deliver(kind, obj)
 
+    def _stub(self, key: tuple[str, str], uid: str) -> dict[str, Any]:
+        metadata = {"name": key[1], "uid": uid}
+        if key[0]:
+            metadata["namespace"] = key[0]
+        return {"apiVersion": self.api_version, "kind": self.kind, "metadata": metadata}
+
     async def _deliver(self, kind: str | None, obj: dict[str, Any]) -> None:
         key = _key(obj)
         if kind == "DELETED":
             self._known.pop(key, None)
         else:
-            self._known[key] = _stub(obj)
+            self._known[key] = str((obj.get("metadata") or {}).get("uid") or "")
         try:
             await self.handle(kind, obj)
         except Exception:  # one object's trouble must not stop the watch of all

@@ -52,7 +52,7 @@ async def test_a_watch_lists_then_follows_every_change(kube: Kube, core: client.
         assert seen.bodies["a"]["kind"] == "ConfigMap"  # listed items carry their kind
         seen.events.clear()
 
-        core.create_namespaced_config_map(namespace, configmap("d"))
+        made = core.create_namespaced_config_map(namespace, configmap("d"))
         core.patch_namespaced_config_map("a", namespace, {"data": {"v": "2"}})
         core.delete_namespaced_config_map("b", namespace)
         await seen.until(("ADDED", "d"), ("MODIFIED", "a"), ("DELETED", "b"))
@@ -81,5 +81,8 @@ async def test_a_watch_lists_then_follows_every_change(kube: Kube, core: client.
     try:
         await seen.until(("DELETED", "d"), (None, "a"), (None, "c"), (None, "e"))
         assert ("DELETED", "a") not in seen.events
+        # A deletion told by a listing names the object as it was known: its uid.
+        assert seen.bodies["d"]["metadata"] == {"namespace": namespace, "name": "d",
+                                                "uid": made.metadata.uid}
     finally:
         task.cancel()
