@@ -212,7 +212,7 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue()
         self.playbooks: Callable[[], list[PlaybookCandidate]] = list
         self.indexed = False  # the watches' first listings are complete (handlers.py)
-        self.quarantines = QuarantineIndex()  # from every incident body seen (the loop's)
+        self.quarantines = QuarantineIndex()  # from every incident body seen
         self._store: dict[Key, Stored] = {}
         self._written: dict[Key, int] = {}  # the resourceVersion of our own last write
         self._lock = threading.Lock()
@@ -269,9 +269,7 @@ class Controller:
             ours = self._written.get(key)
             if seen is not None and ours is not None and seen <= ours:
                 return  # our own write coming back, or older than it
-        stored = Stored.of(body)
-        with self._lock:
-            self._store[key] = stored
+            self._store[key] = Stored.of(body)
         self.queue.add(key)
 
     def _count_start(self, body: dict[str, Any]) -> None:

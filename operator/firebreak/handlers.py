@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from . import __version__, metrics
 from .actions import registry
-from .actions.network import OWNER_ANNOTATION
+from .actions.network import NETWORKING, OWNER_ANNOTATION
 from .api import (
     API_VERSION,
     GROUP,
@@ -63,7 +63,6 @@ from .webhook import TokenSource, Webhook, describe_auth
 
 log = logging.getLogger(__name__)
 OWN_POLICY_CHECK_SECONDS = 1.0
-POLICIES = ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy")
 SERVICES = "services"
 
 
@@ -209,9 +208,9 @@ async def follow(kube: Kube, memo: kopf.Memo) -> None:
     playbook_watch = Watch(kube, path(API_VERSION, PLAYBOOK_PLURAL),
                            partial(playbook, memo=memo), kind="ResponsePlaybook",
                            api_version=API_VERSION)
-    policy_watch = Watch(kube, path(POLICIES[0], POLICIES[1]),
-                         partial(network_policy, memo=memo), kind=POLICIES[2],
-                         api_version=POLICIES[0])
+    policy_watch = Watch(kube, path(NETWORKING, "networkpolicies"),
+                         partial(network_policy, memo=memo), kind="NetworkPolicy",
+                         api_version=NETWORKING)
     incident_watch = Watch(kube, path(API_VERSION, INCIDENT_PLURAL),
                            partial(incident, memo=memo), kind="SecurityIncident",
                            api_version=API_VERSION)

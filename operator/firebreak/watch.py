@@ -70,8 +70,6 @@ def _key(obj: dict[str, Any]) -> tuple[str, str]:
     return meta.get("namespace") or "", meta.get("name") or ""
 
 
-
-
 class Watch:
     """One collection (``url_path``, cluster-wide), delivered to ``handle``.
     ``synced`` is set once the first listing has been delivered."""
