@@ -14,13 +14,14 @@ Callers tell errors apart by class, not by status code: ``NotFound``, ``Conflict
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import quote, urlencode
 
 import tenacity
@@ -29,6 +30,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from . import metrics
+from .transport import Connections
 
 T = TypeVar("T")
 
@@ -91,7 +93,9 @@ PERMANENT = {400: BadRequest, 403: Forbidden, 404: NotFound, 409: Conflict, 410:
 def is_temporary(exc: BaseException) -> bool:
     if isinstance(exc, ApiException):
         return exc.status in TEMPORARY_STATUSES or exc.status == 0
-    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+    # OSError: a refused or reset connection, a timeout, a TLS failure (as urllib3's
+    # HTTPError holds them); HTTPException: a malformed or cut answer.
+    return isinstance(exc, urllib3.exceptions.HTTPError | http.client.HTTPException | OSError)
 
 
 def _status_body(exc: ApiException) -> dict[str, Any]:
@@ -128,20 +132,41 @@ def _count_retry(state: tenacity.RetryCallState) -> None:
     metrics.api_retry(failure.status if isinstance(failure, ApiException) else None)
 
 
+FAILURES = (ApiException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+
+
 def call(fn: Callable[..., T], *args: Any, retry_for: float = RETRY_SECONDS, **kwargs: Any) -> T:
     """Call the API, retrying temporary failures for up to ``retry_for`` seconds (0: try
     once); raise a classified ``ApiError``."""
+    kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+    began = time.monotonic()
+    # Nearly every call succeeds at once: tenacity's machinery only after a failure.
+    try:
+        return fn(*args, **kwargs)
+    except FAILURES as exc:
+        left = retry_for - (time.monotonic() - began)
+        if not is_temporary(exc) or left <= 0:
+            raise classify(exc) from exc
+        first: BaseException | None = exc
+
+    def attempt(*args: Any, **kwargs: Any) -> T:
+        # The failure above is the first attempt's (for the backoff and the count).
+        nonlocal first
+        if first is not None:
+            failed, first = first, None
+            raise failed
+        return fn(*args, **kwargs)
+
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_temporary),
         wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
-        stop=tenacity.stop_after_delay(retry_for),
+        stop=tenacity.stop_after_delay(left),
         before_sleep=_count_retry,
         reraise=True,
     )
-    kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
     try:
-        return retrying(fn, *args, **kwargs)
-    except (ApiException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+        return retrying(attempt, *args, **kwargs)
+    except FAILURES as exc:
         error = classify(exc)
         error.retried = retrying.statistics.get("attempt_number", 1) > 1
         raise error from exc
@@ -244,6 +269,15 @@ class Kube:
 
     api_client: client.ApiClient
     handoff: Handoff = field(default_factory=Handoff)
+    # How ``request`` reaches the server: its own keep-alive connections (transport.py)
+    # where the configuration allows, else the generated client's urllib3 pool (which
+    # the engine tier's recorder stands in for).
+    transport: Literal["direct", "urllib3"] = "direct"
+    connections: Connections | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.transport == "direct":
+            self.connections = Connections.for_configuration(self.api_client.configuration)
 
     # The generated API groups, made on first use only: their modules take more memory
     # than the rest of the operator (80 MiB for CoreV1Api alone), and the operator
@@ -320,17 +354,21 @@ class Kube:
                    **self.auth_headers()}
         data = None
         if body is not None:
-            data = json.dumps(body, separators=(",", ":"))
+            data = json.dumps(body, separators=(",", ":")).encode()
             headers["Content-Type"] = content_type or (
                 JSON if method != "PATCH" else JSON_PATCH if isinstance(body, list)
                 else MERGE_PATCH)
-        url = configuration.host + url_path + (f"?{urlencode(query)}" if query else "")
-        response = self.api_client.rest_client.pool_manager.request(
-            method, url, body=data, headers=headers,
-            timeout=urllib3.Timeout(total=_request_timeout), preload_content=False)
-        payload = response.data
-        if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=response.reason,
+        target = url_path + (f"?{urlencode(query)}" if query else "")
+        if self.connections is not None:
+            status, reason, payload = self.connections.request(
+                method, target, data, headers, _request_timeout)
+        else:
+            response = self.api_client.rest_client.pool_manager.request(
+                method, configuration.host + target, body=data, headers=headers,
+                timeout=urllib3.Timeout(total=_request_timeout), preload_content=False)
+            status, reason, payload = response.status, response.reason or "", response.data
+        if not 200 <= status < 300:
+            raise ApiException(status=status, reason=reason,
                                body=payload.decode("utf-8", errors="replace"))
         if text:
             return payload.decode("utf-8", errors="replace")

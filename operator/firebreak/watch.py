@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 import random
-import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -30,6 +29,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from .kube import Kube
+from .transport import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Watch:
 
     async def run(self) -> None:
         configuration = self.kube.api_client.configuration
-        connector = aiohttp.TCPConnector(ssl=_ssl_context(configuration), limit=2)
+        connector = aiohttp.TCPConnector(ssl=tls_context(configuration), limit=2)
         async with aiohttp.ClientSession(connector=connector) as session:
             failures = 0
             while True:
@@ -197,13 +197,3 @@ class Watch:
             await self.handle(kind, obj)
         except Exception:  # one object's trouble must not stop the watch of all
             log.exception("%s %s/%s: handling %s failed", self.kind, *key, kind or "listed")
-
-
-def _ssl_context(configuration: Any) -> ssl.SSLContext | bool:
-    """The TLS settings of the client's configuration (its CA, client certificate)."""
-    if not configuration.verify_ssl:
-        return False
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    return context

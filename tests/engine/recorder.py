@@ -152,7 +152,7 @@ class Recorder:
         configuration = client.Configuration(host=HOST)
         api_client = client.ApiClient(configuration)
         api_client.rest_client.pool_manager = self  # type: ignore[assignment]
-        return Kube(api_client)
+        return Kube(api_client, transport="urllib3")
 
     def add(self, obj: Obj) -> Obj:
         """Put an object in place without recording a write (the world before the test)."""
