@@ -446,16 +446,19 @@ class Controller:
             log.warning("sweep of %s: %s; its quarantines are checked one by one", namespace,
                         exc)
             pods = None
-        held = [(key, body) for key in sorted({(INCIDENT, h.namespace, h.name)
-                                               for h in self.quarantines.get(namespace)})
-                if (body := self.body(key)) is not None]
+        held = sorted({(INCIDENT, h.namespace, h.name) for h in self.quarantines.get(namespace)})
         if pods is None:
-            return [key for key, _ in held]
+            with self._lock:
+                return [key for key in held if key in self._store]
         by_uid = {p["metadata"]["uid"]: p for p in pods}
         policies = self.engine.policies(namespace) if self.engine.policies is not None \
             else None
-        # Only the quarantines with something to check are checked.
-        keys = [key for key, body in held if not settled(body, namespace, by_uid, policies)]
+        # Only the quarantines with something to check are checked. Their bodies are
+        # decoded one at a time: a namespace of thousands would otherwise be decoded at
+        # once (tens of MiB for a moment, every sweep).
+        keys = [key for key in held
+                if (body := self.body(key)) is not None
+                and not settled(body, namespace, by_uid, policies)]
         with self._lock:
             for key in keys:
                 self._swept.setdefault(key, {})[namespace] = pods
