@@ -18,6 +18,7 @@ answers None, and the actions list from the API server as before.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,8 @@ from .isolation import PolicySet
 Obj = dict[str, Any]
 # Of a policy's annotations, only those the operator reads are kept.
 KEPT_ANNOTATIONS = ("firebreak.dev/incident-uid",)
+# Parts of a spec held once for every policy that has them, up to this many kinds.
+SHARED_LIMIT = 256
 
 
 def trimmed(policy: Mapping[str, Any]) -> Obj:
@@ -41,7 +44,26 @@ def trimmed(policy: Mapping[str, Any]) -> Obj:
         "labels": dict(meta.get("labels") or {}),
         "annotations": {k: annotations[k] for k in KEPT_ANNOTATIONS if k in annotations},
     }
-    return {"metadata": kept, "spec": policy.get("spec") or {}}
+    spec = policy.get("spec") or {}
+    return {"metadata": kept,
+            "spec": {k: v if k == "podSelector" else _shared(v) for k, v in spec.items()}}
+
+
+_shared_parts: dict[str, Any] = {}
+
+
+def _shared(value: Any) -> Any:
+    """One object for equal parts of specs. Every incident's quarantine policy has the
+    same rules and policy types, and a namespace holds one per incident: shared, they
+    take a third of the memory. Safe because nothing changes a policy it reads from
+    the view (``PolicySet``); a part not seen among the latest kinds is kept as is."""
+    key = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    found = _shared_parts.get(key)
+    if found is None:
+        if len(_shared_parts) >= SHARED_LIMIT:
+            _shared_parts.clear()
+        found = _shared_parts[key] = value
+    return found
 
 
 class PolicyView:

@@ -38,6 +38,22 @@ def test_a_policy_is_kept_with_what_the_quarantine_reads_and_nothing_else() -> N
         "spec": {"podSelector": {}, "ingress": [{}]}}
 
 
+def test_equal_rules_of_many_policies_are_held_once() -> None:
+    rules = [{"to": [{"podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+              "ports": [{"protocol": "UDP", "port": 53}]}]
+    first = trimmed(policy("q-1", "7", podSelector={"matchLabels": {"q/1": "true"}},
+                           policyTypes=["Ingress", "Egress"], egress=rules))
+    second = trimmed(policy("q-2", "8", podSelector={"matchLabels": {"q/1": "true"}},
+                            policyTypes=["Ingress", "Egress"], egress=[dict(r) for r in rules]))
+    other = trimmed(policy("q-3", "9", policyTypes=["Egress"], egress=[]))
+    assert second["spec"] == first["spec"]
+    assert second["spec"]["egress"] is first["spec"]["egress"]
+    assert second["spec"]["policyTypes"] is first["spec"]["policyTypes"]
+    # Each policy's own selector stays its own; different rules are not shared.
+    assert second["spec"]["podSelector"] is not first["spec"]["podSelector"]
+    assert other["spec"]["egress"] == [] and other["spec"]["policyTypes"] == ["Egress"]
+
+
 def test_nothing_is_answered_before_the_first_listing_is_complete() -> None:
     fresh = PolicyView()
     fresh.upsert(policy("allow", "7"))
