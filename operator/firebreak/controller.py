@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+import orjson
 
 from .actions.base import INCIDENT_LABEL, INCIDENT_NAMESPACE_LABEL, IncidentRef
 from .api import FINALIZER, ActionName, StepState
@@ -188,10 +189,10 @@ class Stored(NamedTuple):
     @classmethod
     def of(cls, body: dict[str, Any]) -> Stored:
         return cls(str(body["metadata"].get("resourceVersion") or ""),
-                   json.dumps(body, separators=(",", ":")).encode())
+                   orjson.dumps(body))
 
     def body(self) -> dict[str, Any]:
-        decoded: dict[str, Any] = json.loads(self.encoded)
+        decoded: dict[str, Any] = orjson.loads(self.encoded)
         return decoded
 
 

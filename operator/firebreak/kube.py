@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import quote, urlencode
 
+import orjson
 import tenacity
 import urllib3
 from kubernetes import client, config
@@ -354,7 +355,7 @@ class Kube:
                    **self.auth_headers()}
         data = None
         if body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode()
+            data = orjson.dumps(body)
             headers["Content-Type"] = content_type or (
                 JSON if method != "PATCH" else JSON_PATCH if isinstance(body, list)
                 else MERGE_PATCH)
@@ -372,7 +373,7 @@ class Kube:
                                body=payload.decode("utf-8", errors="replace"))
         if text:
             return payload.decode("utf-8", errors="replace")
-        return json.loads(payload)
+        return orjson.loads(payload)
 
     def auth_headers(self) -> dict[str, str]:
         """The credentials' headers (a bearer token, refreshed when it is due)."""

@@ -19,7 +19,6 @@ as Kopf did. Connection failures back off and resume.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,6 +26,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import orjson
 
 from .kube import Kube
 from .transport import tls_context
@@ -134,7 +134,7 @@ class Watch:
                     continue
                 if response.status != 200:
                     raise WatchFailed(f"list: {response.status} {await response.text()}")
-                page = json.loads(await response.read())
+                page = orjson.loads(await response.read())
             for item in page.get("items") or ():
                 item.setdefault("apiVersion", self.api_version)
                 item.setdefault("kind", self.kind)
@@ -167,7 +167,7 @@ class Watch:
             lines = Lines()
             async for chunk in response.content.iter_any():
                 for line in lines.feed(chunk):
-                    await self._event(json.loads(line))
+                    await self._event(orjson.loads(line))
 
     async def _event(self, event: dict[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
