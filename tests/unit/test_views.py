@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from firebreak import views
 from firebreak.isolation import PolicySet
 from firebreak.views import PolicyView, trimmed
 
@@ -52,6 +53,20 @@ def test_equal_rules_of_many_policies_are_held_once() -> None:
     # Each policy's own selector stays its own; different rules are not shared.
     assert second["spec"]["podSelector"] is not first["spec"]["podSelector"]
     assert other["spec"]["egress"] == [] and other["spec"]["policyTypes"] == ["Egress"]
+
+
+def test_parts_are_shared_whatever_the_order_of_their_keys() -> None:
+    first = trimmed(policy("q-1", "7", egress=[{"to": [{}], "ports": [{"port": 53}]}]))
+    second = trimmed(policy("q-2", "8", egress=[{"ports": [{"port": 53}], "to": [{}]}]))
+    assert second["spec"]["egress"] is first["spec"]["egress"]
+
+
+def test_the_shared_parts_are_bounded() -> None:
+    for n in range(views.SHARED_LIMIT + 10):
+        trimmed(policy(f"p-{n}", "1", egress=[{"ports": [{"port": n}]}]))
+        assert len(views._shared_parts) <= views.SHARED_LIMIT
+    kept = trimmed(policy("p-x", "1", egress=[{"ports": [{"port": 1}]}]))
+    assert kept["spec"]["egress"] == [{"ports": [{"port": 1}]}]
 
 
 def test_nothing_is_answered_before_the_first_listing_is_complete() -> None:
