@@ -159,7 +159,7 @@ def test_a_direct_request_carries_the_credentials_and_the_user_agent(kube: Kube)
     assert seen[0]["Accept"] == "application/json"
 
 
-def test_a_handoff_serves_once_within_its_time_and_keeps_the_latest() -> None:
+def test_a_handoff_serves_each_read_once_within_its_time_and_keeps_the_latest() -> None:
     now = [0.0]
     handoff = Handoff(ttl=2.0, limit=2, clock=lambda: now[0])
     handoff.put("Pod", NS, "a", {"v": 1})
@@ -174,6 +174,31 @@ def test_a_handoff_serves_once_within_its_time_and_keeps_the_latest() -> None:
     assert len(handoff) == 2
     assert handoff.take("Pod", NS, "a") is None
     assert handoff.take("Pod", "other", "b") is None and handoff.take("Pod", NS, "b") == {"v": 4}
+
+
+def test_alerts_about_one_pod_are_each_served_the_latest_read_once() -> None:
+    now = [0.0]
+    handoff = Handoff(ttl=2.0, clock=lambda: now[0])
+    handoff.put("Pod", NS, "a", {"v": 1})
+    now[0] = 1.0
+    handoff.put("Pod", NS, "a", {"v": 2})  # a second alert: two reads to serve
+    first = handoff.take("Pod", NS, "a")
+    second = handoff.take("Pod", NS, "a")
+    assert first == second == {"v": 2}
+    assert first is not second  # each taker's own copy
+    assert handoff.take("Pod", NS, "a") is None
+    # A read that expired counts for nothing: only the new one is served.
+    handoff.put("Pod", NS, "a", {"v": 3})
+    now[0] = 3.5
+    handoff.put("Pod", NS, "a", {"v": 4})
+    assert handoff.take("Pod", NS, "a") == {"v": 4}
+    assert handoff.take("Pod", NS, "a") is None
+    # Served within the time of the latest read only.
+    handoff.put("Pod", NS, "a", {"v": 5})
+    handoff.put("Pod", NS, "a", {"v": 6})
+    now[0] = 6.0
+    assert handoff.take("Pod", NS, "a") is None
+    assert len(handoff) == 0
 
 
 def test_direct_lists_and_deletes(api: Recorder, kube: Kube) -> None:

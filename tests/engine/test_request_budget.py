@@ -87,6 +87,37 @@ def test_one_alert_about_a_pod_costs_six_requests_seven_without_the_watch(
 
 
 
+def test_alerts_about_one_pod_arriving_together_read_it_once_each_at_intake(
+        api: Recorder, clock: Clock) -> None:
+    """Two alerts about one pod, both stored before the engine answers either: each
+    quarantine uses the latest of intake's reads, and neither reads the pod again. The
+    second judges a read from before the first's label, and still holds."""
+    add_nodes(api, "node-a")
+    add_app(api)
+    config = OperatorConfig(namespace=OPERATOR_NS)
+    kube = api.kube()
+    intake = Intake(kube, config, clock=clock, retry_for=0)
+    engine = Engine(kube=kube, config=config, actions=registry(),
+                    emit=partial(post_event, kube), clock=clock,
+                    policies=watched(api).in_namespace)
+    first = intake.record(alert_signal(fingerprint="fp-1"))
+    second = intake.record(alert_signal(fingerprint="fp-2"))
+    api.requests.clear()
+    for recorded in (first, second):
+        engine.reconcile(NS, recorded.name,
+                         [playbook("isolate", step("isolate", "isolateNetwork"))],
+                         api.get("securityincidents", NS, recorded.name))
+    assert ("GET", f"{POD}/web-5d9c-0") not in api.requests
+    assert [r for r in api.requests if r == ("PATCH", f"{POD}/web-5d9c-0")] == \
+        [("PATCH", f"{POD}/web-5d9c-0")] * 2
+    labels = (api.get("pods", NS, "web-5d9c-0") or {})["metadata"]["labels"]
+    for recorded in (first, second):
+        assert condition(api, "Isolated", recorded.name)["status"] == "True"
+        assert any(k.startswith("quarantine.firebreak.dev/") and recorded.name in k
+                   for k in labels)
+    assert len(kube.handoff) == 0
+
+
 def test_the_pod_is_read_again_when_intake_did_not_read_it_a_moment_ago(
         api: Recorder, clock: Clock) -> None:
     add_nodes(api, "node-a")
