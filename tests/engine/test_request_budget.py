@@ -19,6 +19,7 @@ from firebreak.config import OperatorConfig
 from firebreak.engine import Engine
 from firebreak.events import post_event
 from firebreak.intake import Intake
+from firebreak.kube import Kube
 from firebreak.views import PolicyView
 from tests.engine.recorder import Recorder
 from tests.engine.world import (
@@ -48,9 +49,9 @@ def watched(api: Recorder) -> PolicyView:
     return view
 
 
-@pytest.mark.parametrize("view", [False, True], ids=["listed", "watched"])
-def test_one_alert_about_a_pod_costs_six_requests_seven_without_the_watch(
-        api: Recorder, clock: Clock, view: bool) -> None:
+def pipeline(api: Recorder, clock: Clock, view: bool = True) -> tuple[Kube, Intake, Engine]:
+    """An app's pods on one node; intake and the engine over the recording API, with
+    the namespace's policies from the watch's view (listed, without ``view``)."""
     add_nodes(api, "node-a")
     add_app(api)
     config = OperatorConfig(namespace=OPERATOR_NS)
@@ -59,6 +60,13 @@ def test_one_alert_about_a_pod_costs_six_requests_seven_without_the_watch(
     engine = Engine(kube=kube, config=config, actions=registry(),
                     emit=partial(post_event, kube), clock=clock,
                     policies=watched(api).in_namespace if view else None)
+    return kube, intake, engine
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["listed", "watched"])
+def test_one_alert_about_a_pod_costs_six_requests_seven_without_the_watch(
+        api: Recorder, clock: Clock, view: bool) -> None:
+    _, intake, engine = pipeline(api, clock, view)
     # The ReplicaSet behind the pod is read once for all its pods: not on this path.
     intake.record(alert_signal(pod="web-5d9c-1", fingerprint="warm-up"))
     api.requests.clear()
@@ -92,14 +100,7 @@ def test_alerts_about_one_pod_arriving_together_read_it_once_each_at_intake(
     """Two alerts about one pod, both stored before the engine answers either: each
     quarantine uses the latest of intake's reads, and neither reads the pod again. The
     second judges a read from before the first's label, and still holds."""
-    add_nodes(api, "node-a")
-    add_app(api)
-    config = OperatorConfig(namespace=OPERATOR_NS)
-    kube = api.kube()
-    intake = Intake(kube, config, clock=clock, retry_for=0)
-    engine = Engine(kube=kube, config=config, actions=registry(),
-                    emit=partial(post_event, kube), clock=clock,
-                    policies=watched(api).in_namespace)
+    kube, intake, engine = pipeline(api, clock)
     first = intake.record(alert_signal(fingerprint="fp-1"))
     second = intake.record(alert_signal(fingerprint="fp-2"))
     api.requests.clear()
@@ -120,16 +121,10 @@ def test_alerts_about_one_pod_arriving_together_read_it_once_each_at_intake(
 
 def test_the_pod_is_read_again_when_intake_did_not_read_it_a_moment_ago(
         api: Recorder, clock: Clock) -> None:
-    add_nodes(api, "node-a")
-    add_app(api)
-    config = OperatorConfig(namespace=OPERATOR_NS)
-    kube = api.kube()
-    intake = Intake(kube, config, clock=clock, retry_for=0)
+    kube, intake, engine = pipeline(api, clock, view=False)
     recorded = intake.record(alert_signal())
     # Intake's read is too old to serve (another replica's intake: never handed over).
     kube.handoff.ttl = 0.0
-    engine = Engine(kube=kube, config=config, actions=registry(),
-                    emit=partial(post_event, kube), clock=clock)
     api.requests.clear()
     engine.reconcile(NS, recorded.name, [playbook("isolate", step("isolate", "isolateNetwork"))],
                      api.get("securityincidents", NS, recorded.name))
@@ -140,18 +135,11 @@ def test_the_pod_is_read_again_when_intake_did_not_read_it_a_moment_ago(
 
 def test_a_pod_relabelled_after_intake_read_it_is_judged_and_excluded_as_stored(
         api: Recorder, clock: Clock) -> None:
-    add_nodes(api, "node-a")
-    add_app(api)
     # A policy opening every pod labelled tier=open to all ingress.
     api.add({"kind": "NetworkPolicy", "metadata": {"name": "open", "namespace": NS},
              "spec": {"podSelector": {"matchLabels": {"tier": "open"}},
                       "policyTypes": ["Ingress"], "ingress": [{}]}})
-    config = OperatorConfig(namespace=OPERATOR_NS)
-    kube = api.kube()
-    intake = Intake(kube, config, clock=clock, retry_for=0)
-    engine = Engine(kube=kube, config=config, actions=registry(),
-                    emit=partial(post_event, kube), clock=clock,
-                    policies=watched(api).in_namespace)
+    _, intake, engine = pipeline(api, clock)
     recorded = intake.record(alert_signal())
     # Relabelled between intake's read and the quarantine: "open" now selects it.
     api.request("PATCH", f"{POD}/web-5d9c-0", body='{"metadata": {"labels": {"tier": "open"}}}',
