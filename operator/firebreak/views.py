@@ -18,10 +18,11 @@ answers None, and the actions list from the API server as before.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from .isolation import PolicySet
 
@@ -49,7 +50,7 @@ def trimmed(policy: Mapping[str, Any]) -> Obj:
             "spec": {k: v if k == "podSelector" else _shared(v) for k, v in spec.items()}}
 
 
-_shared_parts: dict[str, Any] = {}
+_shared_parts: dict[bytes, Any] = {}
 
 
 def _shared(value: Any) -> Any:
@@ -57,7 +58,7 @@ def _shared(value: Any) -> Any:
     same rules and policy types, and a namespace holds one per incident: shared, they
     take a third of the memory. Safe because nothing changes a policy it reads from
     the view (``PolicySet``); a part not seen among the latest kinds is kept as is."""
-    key = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    key = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     found = _shared_parts.get(key)
     if found is None:
         if len(_shared_parts) >= SHARED_LIMIT:
