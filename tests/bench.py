@@ -31,11 +31,16 @@ What it measures, each scenario with a fresh operator and a cleaned-up namespace
    of 5,000 running pods joined the cluster, to check that the cost per incident
    does not grow with cluster size.
 
+With ``--replicas 2`` every scenario runs two operators sharing the Lease, each
+serving the webhook; alerts are spread over them round robin, as a Service spreads
+them. CPU per incident is the replicas' sum, memory the larger replica's.
+
 Results are printed with PASS/MISS against the targets (a miss does not fail the
 run) and written as JSON to ``bench-results/bench-<UTC timestamp>.json``.
 
     python -m tests.bench            # the full run (about 15 minutes on 2 cores)
     python -m tests.bench --quick    # a smoke run: 5 s steady, 100 burst, 50 nodes/500 pods
+    python -m tests.bench --replicas 2   # the same targets with two replicas (HA)
 """
 
 from __future__ import annotations
@@ -205,6 +210,8 @@ class Operator:
     token_file: Path
     log_path: Path
     verbose: bool = False
+    # The replica's name (its Lease identity), as a pod's name would be.
+    name: str = ""
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
@@ -227,10 +234,12 @@ class Operator:
                 "--budget-per-minute=0"]
         if self.verbose:
             argv.append("--verbose")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.name:
+            env["POD_NAME"] = self.name
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -267,6 +276,48 @@ class Operator:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+@dataclass
+class Operators:
+    """The replicas under test: one, or several sharing the Lease (each serves the
+    webhook; alerts are spread over them round robin, as a Service would). CPU is their
+    sum; memory is each replica's, and the largest is reported."""
+
+    members: list[Operator]
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"{o.url}/alertmanager" for o in self.members]
+
+    def start(self) -> None:
+        for operator in self.members:
+            operator.start()
+
+    async def wait_ready(self, session: aiohttp.ClientSession) -> float:
+        began = time.monotonic()
+        for operator in self.members:
+            await operator.wait_ready(session)
+        return time.monotonic() - began
+
+    def check(self) -> None:
+        for operator in self.members:
+            operator.check()
+
+    def log_tail(self) -> str:
+        return "\n".join(o.log_tail() for o in self.members)
+
+    def cpu_seconds(self) -> float:
+        return sum(proc_cpu_seconds(o.pid) for o in self.members)
+
+    def status(self) -> dict[str, int]:
+        """The largest VmHWM and VmRSS of a replica, and the most threads."""
+        each = [proc_status(o.pid) for o in self.members]
+        return {key: max(e.get(key, 0) for e in each) for key in ("VmHWM", "VmRSS", "Threads")}
+
+    def stop(self) -> None:
+        for operator in self.members:
+            operator.stop()
 
 
 # --- the API server, asynchronously ---------------------------------------------------
@@ -543,15 +594,16 @@ async def post(session: aiohttp.ClientSession, url: str, shot: Shot) -> None:
         shot.error = f"{type(exc).__name__}: {exc}"
 
 
-async def send(session: aiohttp.ClientSession, url: str, shots: list[Shot],
+async def send(session: aiohttp.ClientSession, urls: list[str], shots: list[Shot],
                rate: float | None, inflight: int) -> None:
-    """Send every shot: paced at ``rate`` per second (never waiting for earlier answers),
-    or as fast as ``inflight`` concurrent senders go when ``rate`` is None."""
+    """Send every shot, round robin over ``urls``: paced at ``rate`` per second (never
+    waiting for earlier answers), or as fast as ``inflight`` concurrent senders go when
+    ``rate`` is None."""
     limit = asyncio.Semaphore(inflight)
 
     async def one(shot: Shot) -> None:
         try:
-            await post(session, url, shot)
+            await post(session, urls[shot.index % len(urls)], shot)
         finally:
             limit.release()
 
@@ -583,6 +635,7 @@ class Bench:
     verbose: bool
     run_id: str
     stages: bool = False
+    replicas: int = 1
     pods: list[str] = field(default_factory=list)
     scenarios: list[str] = field(default_factory=list)
 
@@ -734,7 +787,12 @@ class Bench:
         stage_task = (asyncio.create_task(stage_watch.run(time.monotonic() + budget))
                       if stage_watch is not None else None)
         log_path = self.workdir / f"operator-{name}.log"
-        operator = Operator(self.cluster.kubeconfig, self.token_file, log_path, self.verbose)
+        operator = Operators([
+            Operator(self.cluster.kubeconfig, self.token_file, log_path.with_name(
+                f"operator-{name}-{i}.log") if self.replicas > 1 else log_path, self.verbose,
+                name=f"replica-{i}" if self.replicas > 1 else "")
+            for i in range(self.replicas)])
+        log_path = operator.members[0].log_path
         samples: list[tuple[float, int, int]] = []
         sampler: asyncio.Task[None] | None = None
         try:
@@ -745,20 +803,20 @@ class Bench:
             operator.start()
             started_in = await operator.wait_ready(self.session)
             # Warm-up: the playbook index loaded, every code path imported and connected.
-            await send(self.session, f"{operator.url}/alertmanager", warm, None, 3)
+            await send(self.session, operator.urls, warm, None, 3)
             if not await watch.wait_for([s.policy for s in warm], 90, operator.check):
                 raise RuntimeError(f"warm-up alerts not contained:\n{operator.log_tail()}\n"
                                    f"{[(s.status, s.error) for s in warm]}")
             idle = await self.idle_cpu(operator, 3.0)
             metrics_before = await self.api.metrics()
-            cpu_before = proc_cpu_seconds(operator.pid)
+            cpu_before = operator.cpu_seconds()
             cp_before = {**self.control_plane_cpu(), "bench (this process)": 0.0}
-            mem_before = proc_status(operator.pid)
+            mem_before = operator.status()
 
             async def sample() -> None:
                 for _ in range(int(budget) + 1):
                     with contextlib.suppress(OSError):
-                        status = proc_status(operator.pid)
+                        status = operator.status()
                         samples.append((time.monotonic(), status.get("VmRSS", 0),
                                         status.get("Threads", 0)))
                     await asyncio.sleep(1.0)
@@ -766,20 +824,20 @@ class Bench:
             sampler = asyncio.create_task(sample())
             began = time.monotonic()
             self_cpu = time.process_time()
-            await send(self.session, f"{operator.url}/alertmanager", shots, rate, inflight)
+            await send(self.session, operator.urls, shots, rate, inflight)
             answered = time.monotonic()
             sent_all = max(s.sent for s in shots)
             print(f"   sent {count} in {sent_all - began:.1f}s, all answered after "
                   f"{answered - began:.1f}s; waiting for the policies", flush=True)
             complete = await watch.wait_for([s.policy for s in shots if s.status == 200],
                                             self.profile.settle_timeout, operator.check)
-            cpu_contained = proc_cpu_seconds(operator.pid)
+            cpu_contained = operator.cpu_seconds()
             cp_contained = self.control_plane_cpu()
             cp_contained["bench (this process)"] = cp_before["bench (this process)"] + (
                 time.process_time() - self_cpu)
             quiet_after = await self.quiesce(operator)
-            cpu_after = proc_cpu_seconds(operator.pid)
-            mem_after = proc_status(operator.pid)
+            cpu_after = operator.cpu_seconds()
+            mem_after = operator.status()
             metrics_after = await self.api.metrics()
             phases = Counter(
                 ((i.get("status") or {}).get("phase") or "<none>") for i in await self.api.items(
@@ -801,22 +859,22 @@ class Bench:
             traffic=api_traffic(metrics_before, metrics_after, count), phases=dict(phases),
             log_path=log_path, idle=idle, stage_watch=stage_watch, source=source)
 
-    async def idle_cpu(self, operator: Operator, seconds: float) -> dict[str, float]:
+    async def idle_cpu(self, operator: Operators, seconds: float) -> dict[str, float]:
         """CPU use (cores) of the operator and the control plane with no alerts arriving."""
-        before = {**self.control_plane_cpu(), "operator": proc_cpu_seconds(operator.pid)}
+        before = {**self.control_plane_cpu(), "operator": operator.cpu_seconds()}
         await asyncio.sleep(seconds)
-        after = {**self.control_plane_cpu(), "operator": proc_cpu_seconds(operator.pid)}
+        after = {**self.control_plane_cpu(), "operator": operator.cpu_seconds()}
         return {k: round((after.get(k, v) - v) / seconds, 3) for k, v in before.items()}
 
-    async def quiesce(self, operator: Operator, within: float = 90.0) -> float:
+    async def quiesce(self, operator: Operators, within: float = 90.0) -> float:
         """Wait until the operator's trailing work (status writes, Events) is done: two
         consecutive seconds using under 3 % CPU. Returns the seconds waited."""
         began = time.monotonic()
         quiet = 0
-        last = proc_cpu_seconds(operator.pid)
+        last = operator.cpu_seconds()
         while time.monotonic() - began < within and quiet < 2:
             await asyncio.sleep(1.0)
-            now = proc_cpu_seconds(operator.pid)
+            now = operator.cpu_seconds()
             quiet = quiet + 1 if now - last < 0.03 else 0
             last = now
         return round(time.monotonic() - began, 1)
@@ -1007,7 +1065,9 @@ def fmt(value: Any, unit: str = "", scale: float = 1.0, digits: int = 0) -> str:
 
 
 def print_report(results: dict[str, Any]) -> None:
-    say("Results")
+    replicas = results.get("replicas", 1)
+    say("Results" + (f" ({replicas} replicas: cpu/inc is their sum, HWM and RSSmax the "
+                     f"larger replica's)" if replicas > 1 else ""))
     head = (f"{'scenario':<14}{'alerts':>7}{'ok':>6}{'seen':>6}{'rate/s':>8}"
             f"{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}  {'POST p50/p99/max':>20}"
             f"{'all in':>9}{'cpu/inc':>9}{'HWM':>8}{'RSSmax':>8}{'API/inc':>8}")
@@ -1074,7 +1134,8 @@ async def run(profile: Profile, args: argparse.Namespace, results: dict[str, Any
     async with aiohttp.ClientSession(connector=connector, read_bufsize=1 << 20) as session:
         api = Api(cluster, session)
         bench = Bench(cluster, api, session, profile, workdir, args.verbose,
-                      run_id=results["started_at"], stages=args.stages)
+                      run_id=results["started_at"], stages=args.stages,
+                      replicas=args.replicas)
         say("Installing the CRDs and the bench playbook; deploying the targets")
         bench.install()
         await bench.deployment(BENCH_NS, TARGET_APP, profile.bench_pods)
@@ -1149,6 +1210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", action="store_true",
                         help="also watch the incidents and break the latency down by stage "
                              "(the extra watch costs the API server a little)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="operator replicas sharing the Lease; alerts are spread over "
+                             "them round robin (default: 1)")
     parser.add_argument("--keep-logs", type=Path, default=None,
                         help="copy the operator logs to this folder")
     args = parser.parse_args(argv)
@@ -1165,6 +1229,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
                  "platform": platform.platform()},
         "stages_watch": args.stages,
+        "replicas": args.replicas,
         "operator_source_at_start": operator_source(),
         "operator_flags": ["--kubeconfig=<admin>", f"--namespace={OPERATOR_NS}",
                            "--webhook-address=127.0.0.1:<free port>",
