@@ -35,7 +35,7 @@ from .api import FINALIZER, ActionName, StepState
 from .conditions import ISOLATED
 from .engine import Engine, RetryLater
 from .isolation import PolicySet, adds_nothing, quarantine_label
-from .kube import ApiError, without_managed_fields
+from .kube import ApiError, to_keep, without_managed_fields
 from .leader import Elector
 from .matching import PlaybookCandidate
 from .readiness import PlaybookReadiness
@@ -188,8 +188,7 @@ class Stored(NamedTuple):
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> Stored:
-        return cls(str(body["metadata"].get("resourceVersion") or ""),
-                   orjson.dumps(body))
+        return cls(str(body["metadata"].get("resourceVersion") or ""), to_keep(body))
 
     def body(self) -> dict[str, Any]:
         decoded: dict[str, Any] = orjson.loads(self.encoded)

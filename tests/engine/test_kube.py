@@ -4,10 +4,14 @@ and the rest, never compare status codes."""
 
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
+from firebreak.controller import Stored
 from firebreak.kube import (
     STRATEGIC_MERGE_PATCH,
     AlreadyExists,
@@ -237,3 +241,41 @@ def test_a_handoff_keeps_no_managed_fields() -> None:
     handoff.put("Pod", NS, "a", pod)
     assert handoff.take("Pod", NS, "a") == {"metadata": {"name": "a", "uid": "u"}, "spec": {}}
     assert "managedFields" in pod["metadata"]  # the caller's object is left as it was
+
+
+def _incident_sized() -> dict[str, Any]:
+    """About a contained incident's size (3 KiB of JSON)."""
+    return {"metadata": {"name": "miner", "namespace": NS, "resourceVersion": "7", "uid": "u"},
+            "status": {"timeline": [{"reason": f"Step{i}", "message": "x" * 80}
+                                    for i in range(24)]}}
+
+
+def _traced_per_call(keep: Callable[[], Any], times: int = 200) -> float:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [keep() for _ in range(times)]
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == times
+    return used / times
+
+
+@pytest.mark.parametrize("keeper", ["stored", "handoff"])
+def test_what_is_kept_encoded_takes_the_memory_of_its_length(keeper: str) -> None:
+    """orjson's result keeps the headroom its buffer grew by (3 KiB of JSON in an
+    8 KiB allocation); the incidents and pods the operator keeps take their own size."""
+    body = _incident_sized()
+    length = len(orjson.dumps(body))
+    assert 2800 < length < 3500
+    if keeper == "stored":
+        per_call = _traced_per_call(lambda: Stored.of(body))
+        assert Stored.of(body).body() == body
+    else:
+        handoff = Handoff(limit=1000)
+        names = iter(range(10_000))
+        per_call = _traced_per_call(lambda: handoff.put("Pod", NS, f"p{next(names)}", body))
+        assert handoff.take("Pod", NS, "p0") == body
+    # The bytes, their header, the tuple (and the handoff's entry) around them.
+    assert per_call < length + 600, per_call
