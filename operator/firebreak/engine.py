@@ -66,7 +66,15 @@ from .budget import Budget
 from .config import OperatorConfig
 from .guardrails import check_step, check_target
 from .isolation import PolicySet
-from .kube import Conflict, Kube, NotFound, PermanentApiError, TemporaryApiError, path
+from .kube import (
+    Conflict,
+    Kube,
+    NotFound,
+    PermanentApiError,
+    TemporaryApiError,
+    path,
+    without_managed_fields,
+)
 from .matching import PlaybookCandidate, allowed, select_playbook
 from .planning import PlanError, plan
 
@@ -156,8 +164,9 @@ class Engine:
         self._runs(namespace, name, body, lambda run: run.hold(pods))
 
     def pods_in(self, namespace: str) -> list[dict[str, Any]]:
-        """Every pod of a namespace (not being deleted), as the API's JSON."""
-        return live_pods(self.kube, namespace)
+        """Every pod of a namespace (not being deleted), as the API's JSON without
+        ``metadata.managedFields`` (a sweep holds them while its checks run)."""
+        return [without_managed_fields(p) for p in live_pods(self.kube, namespace)]
 
     def adopt(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """Put the finalizer on an incident made without it (by a person): from now on it

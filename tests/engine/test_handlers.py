@@ -625,6 +625,22 @@ async def test_a_sweep_checks_only_the_quarantines_with_something_to_check(
     assert await sweep() == sorted(names)
 
 
+async def test_a_sweep_holds_the_pods_it_listed_without_their_managed_fields(
+        api: Recorder, memo: kopf.Memo) -> None:
+    add_incident(api)
+    await seen(memo, api, playbook("contain", ISOLATE))
+    pod = api.get("pods", NS, "web-5d9c-0")
+    assert pod is not None
+    pod["metadata"]["managedFields"] = [{"manager": "kubelet", "operation": "Update"}]
+    stored = api.add(pod)
+    listed = {p["metadata"]["name"]: p for p in handlers.services(memo).engine.pods_in(NS)}
+    kept = listed["web-5d9c-0"]
+    assert "managedFields" in stored["metadata"] and "managedFields" not in kept["metadata"]
+    assert kept["metadata"] == {k: v for k, v in stored["metadata"].items()
+                                if k != "managedFields"}
+    assert kept["spec"] == pod["spec"] and kept["status"] == pod["status"]
+
+
 def test_nothing_relies_on_kopfs_change_detection_which_is_off() -> None:
     # Kopf's diff of each object against the last one handled serves change handlers
     # and daemons only: the operator registers neither, so it switches the diff off.
