@@ -33,7 +33,10 @@ What it measures, each scenario with a fresh operator and a cleaned-up namespace
 
 With ``--replicas 2`` every scenario runs two operators sharing the Lease, each
 serving the webhook; alerts are spread over them round robin, as a Service spreads
-them. CPU per incident is the replicas' sum, memory the larger replica's.
+them. CPU per incident is the replicas' sum, memory the larger replica's. With
+``--as-installed`` the operator runs as its ServiceAccount, with the shipped RBAC and
+admission policies in force, as ``kubectl apply -k manifests/`` installs it: the API
+server then authorizes every request by RBAC and judges every write by the policies.
 
 Results are printed with PASS/MISS against the targets (a miss does not fail the
 run) and written as JSON to ``bench-results/bench-<UTC timestamp>.json``.
@@ -69,11 +72,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from kubernetes import client, config
 
 from firebreak.actions.base import IncidentRef
 from firebreak.actions.network import QUARANTINE_PREFIX
 from firebreak.sources.alertmanager import AlertmanagerAlert, signal_from_alert
 from firebreak.sources.signal import incident_name
+from tests import admission
 from tests.controlplane import LocalCluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -636,6 +641,7 @@ class Bench:
     run_id: str
     stages: bool = False
     replicas: int = 1
+    as_installed: bool = False
     pods: list[str] = field(default_factory=list)
     scenarios: list[str] = field(default_factory=list)
 
@@ -664,6 +670,19 @@ class Bench:
         kubectl("apply", "-f", "-", input=json.dumps(playbook))
         self.token_file.write_text(TOKEN + "\n")
         self.token_file.chmod(0o600)
+        if self.as_installed:
+            admission.install_rbac(self.cluster)
+            admission.apply(self.cluster, admission.admission_documents(approvals=True))
+            core = client.CoreV1Api(config.new_client_from_config(
+                config_file=str(self.cluster.kubeconfig)))
+            admission.service_account_kubeconfig(self.cluster, core, self.operator_kubeconfig)
+
+    @property
+    def operator_kubeconfig(self) -> Path:
+        """The operator's identity: its ServiceAccount, bound by the shipped RBAC and
+        admission policies (``--as-installed``), else the cluster's admin."""
+        return self.workdir / "operator-kubeconfig" if self.as_installed \
+            else self.cluster.kubeconfig
 
     async def deployment(self, namespace: str, app: str, replicas: int) -> None:
         self.cluster.kubectl("create", "namespace", namespace)
@@ -788,7 +807,7 @@ class Bench:
                       if stage_watch is not None else None)
         log_path = self.workdir / f"operator-{name}.log"
         operator = Operators([
-            Operator(self.cluster.kubeconfig, self.token_file, log_path.with_name(
+            Operator(self.operator_kubeconfig, self.token_file, log_path.with_name(
                 f"operator-{name}-{i}.log") if self.replicas > 1 else log_path, self.verbose,
                 name=f"replica-{i}" if self.replicas > 1 else "")
             for i in range(self.replicas)])
@@ -1135,7 +1154,7 @@ async def run(profile: Profile, args: argparse.Namespace, results: dict[str, Any
         api = Api(cluster, session)
         bench = Bench(cluster, api, session, profile, workdir, args.verbose,
                       run_id=results["started_at"], stages=args.stages,
-                      replicas=args.replicas)
+                      replicas=args.replicas, as_installed=args.as_installed)
         say("Installing the CRDs and the bench playbook; deploying the targets")
         bench.install()
         await bench.deployment(BENCH_NS, TARGET_APP, profile.bench_pods)
@@ -1213,6 +1232,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=1,
                         help="operator replicas sharing the Lease; alerts are spread over "
                              "them round robin (default: 1)")
+    parser.add_argument("--as-installed", action="store_true",
+                        help="run the operator as its ServiceAccount, with manifests/rbac.yaml "
+                             "and the admission policies of manifests/admission.yaml in force "
+                             "(default: the cluster's admin, no admission policies)")
     parser.add_argument("--keep-logs", type=Path, default=None,
                         help="copy the operator logs to this folder")
     args = parser.parse_args(argv)
@@ -1231,7 +1254,9 @@ def main(argv: list[str] | None = None) -> int:
         "stages_watch": args.stages,
         "replicas": args.replicas,
         "operator_source_at_start": operator_source(),
-        "operator_flags": ["--kubeconfig=<admin>", f"--namespace={OPERATOR_NS}",
+        "as_installed": args.as_installed,
+        "operator_flags": [f"--kubeconfig=<{'its ServiceAccount' if args.as_installed else 'admin'}>",
+                           f"--namespace={OPERATOR_NS}",
                            "--webhook-address=127.0.0.1:<free port>",
                            "--webhook-token-file=<file>"] + (["--verbose"] if args.verbose else []),
         "scenarios": [],
