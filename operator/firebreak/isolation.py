@@ -140,79 +140,148 @@ def _by_its_label(policy: Obj) -> str | None:
     return label if value == "true" and label.startswith(QUARANTINE_PREFIX) else None
 
 
+class _Index:
+    """Policies by name, quarantine policies by their label, the others apart. Never
+    changed once made: sets and their copies share it."""
+
+    __slots__ = ("by_label", "by_name", "others")
+
+    def __init__(self, policies: Iterable[Policy] = ()) -> None:
+        self.by_name: dict[str, Policy] = {}
+        self.by_label: dict[str, tuple[Policy, ...]] = {}
+        self.others: dict[str, Policy] = {}
+        for policy in policies:
+            name = policy["metadata"]["name"]
+            if name in self.by_name:
+                self._remove(name)
+            self.by_name[name] = policy
+            label = _by_its_label(policy)
+            if label is None:
+                self.others[name] = policy
+            else:
+                self.by_label[label] = (*self.by_label.get(label, ()), policy)
+
+    def _remove(self, name: str) -> None:
+        old = self.by_name.pop(name)
+        label = _by_its_label(old)
+        if label is None:
+            del self.others[name]
+            return
+        kept = tuple(p for p in self.by_label[label] if p["metadata"]["name"] != name)
+        if kept:
+            self.by_label[label] = kept
+        else:
+            del self.by_label[label]
+
+
 class PolicySet:
     """A namespace's policies by name, and which of them select a pod, by its labels: a
     quarantine policy (one per incident, selecting by its label alone) is found by the
     pod's labels, every other policy is tried. Kept up to date one policy at a time
     (``put``, ``discard``), so that a namespace of a thousand quarantines is not
-    indexed again for every question; ``copy`` is cheap (its containers are replaced,
-    never changed in place, so copies share them)."""
+    indexed again for every question.
 
-    __slots__ = ("_by_label", "_by_name", "_others")
+    A set is an index shared with its copies, never changed, and the policies put or
+    discarded since (by name, latest last); those are folded into a new index once
+    there are ``FOLD_AT`` of them. So ``copy`` costs the changes, not the namespace:
+    every quarantine run asks for one, and a namespace of thousands of quarantines had
+    cost each run its own copy of every index."""
+
+    __slots__ = ("_base", "_changes")
+
+    FOLD_AT = 64
 
     def __init__(self, policies: Iterable[Policy] = ()) -> None:
-        self._by_name: dict[str, Policy] = {}
-        self._by_label: dict[str, tuple[Policy, ...]] = {}
-        self._others: dict[str, Policy] = {}
-        for policy in policies:
-            self.put(policy)
+        self._base = _Index(policies)
+        # By name: the policy put, or None for one discarded from the index.
+        self._changes: dict[str, Policy | None] = {}
 
     def put(self, policy: Policy) -> None:
         """Add a policy, or replace the one of its name."""
         name = policy["metadata"]["name"]
-        self.discard(name)
-        self._by_name[name] = policy
-        label = _by_its_label(policy)
-        if label is None:
-            self._others[name] = policy
-        else:
-            self._by_label[label] = (*self._by_label.get(label, ()), policy)
+        self._changes.pop(name, None)
+        self._changes[name] = policy
+        self._fold()
 
     def discard(self, name: str) -> None:
-        old = self._by_name.pop(name, None)
-        if old is None:
-            return
-        label = _by_its_label(old)
-        if label is None:
-            del self._others[name]
-            return
-        kept = tuple(p for p in self._by_label[label] if p["metadata"]["name"] != name)
-        if kept:
-            self._by_label[label] = kept
-        else:
-            del self._by_label[label]
+        self._changes.pop(name, None)
+        if name in self._base.by_name:
+            self._changes[name] = None
+            self._fold()
+
+    def _fold(self) -> None:
+        if len(self._changes) >= self.FOLD_AT:
+            self._base, self._changes = _Index(self), {}
 
     def copy(self) -> PolicySet:
         other = PolicySet.__new__(PolicySet)
-        other._by_name = self._by_name.copy()
-        other._by_label = self._by_label.copy()
-        other._others = self._others.copy()
+        other._base = self._base
+        other._changes = self._changes.copy()
         return other
 
     def get(self, name: str) -> Policy | None:
-        return self._by_name.get(name)
+        if name in self._changes:
+            return self._changes[name]
+        return self._base.by_name.get(name)
+
+    def _labelled(self) -> tuple[dict[str, list[Policy]], list[Policy]]:
+        """The policies put since the index was made: by their quarantine label, and
+        the others."""
+        by_label: dict[str, list[Policy]] = {}
+        others: list[Policy] = []
+        for policy in self._changes.values():
+            if policy is None:
+                continue
+            label = _by_its_label(policy)
+            if label is None:
+                others.append(policy)
+            else:
+                by_label.setdefault(label, []).append(policy)
+        return by_label, others
+
+    def _by_label(self) -> dict[str, list[Policy]]:
+        changed_by_label, _ = self._labelled()
+        merged = {label: [p for p in found if p["metadata"]["name"] not in self._changes]
+                  for label, found in self._base.by_label.items()}
+        for label, found in changed_by_label.items():
+            merged.setdefault(label, []).extend(found)
+        return {label: found for label, found in merged.items() if found}
+
+    def _others(self, changed: list[Policy]) -> list[Policy]:
+        return [p for name, p in self._base.others.items()
+                if name not in self._changes] + changed
 
     def selecting(self, labels: Mapping[str, str]) -> list[Policy]:
         """The policies that select a pod with these labels."""
+        changed_by_label, changed_others = self._labelled()
         found = [p for label, value in labels.items() if value == "true"
-                 for p in self._by_label.get(label, ())]
-        return found + [p for p in self._others.values()
+                 for p in (*(q for q in self._base.by_label.get(label, ())
+                             if q["metadata"]["name"] not in self._changes),
+                           *changed_by_label.get(label, ()))]
+        return found + [p for p in self._others(changed_others)
                         if selects((p.get("spec") or {}).get("podSelector") or {}, labels)]
 
     def by_label(self) -> dict[str, list[str]]:
         """The names of the policies found by their quarantine label, per label."""
         return {label: [p["metadata"]["name"] for p in found]
-                for label, found in self._by_label.items()}
+                for label, found in self._by_label().items()}
 
     def tried(self) -> list[str]:
         """The names of the policies tried against a pod's labels."""
-        return list(self._others)
+        return [p["metadata"]["name"] for p in self._others(self._labelled()[1])]
 
     def __iter__(self) -> Iterator[Policy]:
-        return iter(self._by_name.values())
+        for name, policy in self._base.by_name.items():
+            if name not in self._changes:
+                yield policy
+        for changed in self._changes.values():
+            if changed is not None:
+                yield changed
 
     def __len__(self) -> int:
-        return len(self._by_name)
+        return len(self._base.by_name) + sum(
+            (policy is not None) - (name in self._base.by_name)
+            for name, policy in self._changes.items())
 
 
 # --- judging rules -------------------------------------------------------------------------

@@ -4,9 +4,12 @@ another policy."""
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from firebreak.isolation import (
     Allowances,
@@ -578,3 +581,81 @@ def test_a_policy_set_changes_one_policy_at_a_time_and_its_copies_are_apart() ->
                                 quarantine_label("other"): ["firebreak-quarantine-other"]}
     assert index.tried() == ["front"] and index.get("firebreak-quarantine-other") is theirs
     assert [p["metadata"]["name"] for p in index.selecting(TARGET.labels)] == [OWN, "front"]
+
+
+# Policies by name as a set of them must answer: a name put again moves to the end.
+SHAPES = {
+    "own-label": {"matchLabels": {quarantine_label("a"): "true"}},
+    "other-label": {"matchLabels": {quarantine_label("b"): "true"}},
+    "narrowed": {"matchLabels": {quarantine_label("a"): "true"},
+                 "matchExpressions": [{"key": "tier", "operator": "In", "values": ["front"]}]},
+    "front": {"matchLabels": {"tier": "front"}},
+    "everything": {},
+}
+OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.sampled_from("pqrstu"), st.sampled_from(sorted(SHAPES))),
+    st.tuples(st.just("discard"), st.sampled_from("pqrstuv"), st.just("")),
+    st.tuples(st.just("copy"), st.just(""), st.just(""))), max_size=60)
+ASKED = [{quarantine_label("a"): "true", "tier": "front"},
+         {quarantine_label("b"): "true", quarantine_label("a"): "true"},
+         {quarantine_label("a"): "false"}, {"tier": "back"}]
+
+
+def answers(index: PolicySet) -> tuple[Any, ...]:
+    return (
+        [p["metadata"]["name"] for p in index], len(index), index.by_label(), index.tried(),
+        [[p["metadata"]["name"] for p in index.selecting(labels)] for labels in ASKED],
+        {name: index.get(name) for name in "pqrstuv"})
+
+
+@given(OPERATIONS, st.integers(min_value=1, max_value=5))
+def test_a_policy_set_answers_as_its_policies_would_if_indexed_afresh(
+        operations: list[tuple[str, str, str]], fold_at: int) -> None:
+    """Whatever the puts, discards and copies, and however often the changes are
+    folded into a new index, a set answers as a set made afresh from its policies (in
+    the order they were last put); and a copy is changed apart from its original."""
+    folding = PolicySet.FOLD_AT
+    PolicySet.FOLD_AT = fold_at
+    try:
+        _check_against_fresh_sets(operations)
+    finally:
+        PolicySet.FOLD_AT = folding
+
+
+def _check_against_fresh_sets(operations: list[tuple[str, str, str]]) -> None:
+    sets = [PolicySet()]
+    models: list[dict[str, dict[str, Any]]] = [{}]
+    for step, (op, name, shape) in enumerate(operations):
+        which = step % len(sets)
+        if op == "copy":
+            sets.append(sets[which].copy())
+            models.append(dict(models[which]))
+            continue
+        if op == "put":
+            made = policy(name, SHAPES[shape])
+            sets[which].put(made)
+            models[which].pop(name, None)
+            models[which][name] = made
+        else:
+            sets[which].discard(name)
+            models[which].pop(name, None)
+        for index, model in zip(sets, models, strict=True):
+            assert answers(index) == answers(PolicySet(model.values()))
+
+
+def test_a_copy_costs_the_changes_not_the_namespace() -> None:
+    """Every quarantine run takes a copy of its namespace's set: with thousands of
+    quarantines there, a copy made of the whole index had cost each run its size."""
+    index = PolicySet(policy(f"firebreak-quarantine-{i}",
+                             {"matchLabels": {quarantine_label(str(i)): "true"}})
+                      for i in range(3000))
+    index.put(policy("front", {"matchLabels": {"tier": "front"}}))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        copies = [index.copy() for _ in range(100)]
+        per_copy = (tracemalloc.get_traced_memory()[0] - before) / len(copies)
+    finally:
+        tracemalloc.stop()
+    assert per_copy < 2048, per_copy
+    assert all(len(c) == 3001 and c.get("front") is not None for c in copies)
