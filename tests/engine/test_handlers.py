@@ -625,6 +625,31 @@ async def test_a_sweep_checks_only_the_quarantines_with_something_to_check(
     assert await sweep() == sorted(names)
 
 
+async def test_a_listing_older_than_the_quarantines_label_restores_nothing(
+        api: Recorder, memo: kopf.Memo) -> None:
+    """A sweep lists the namespace's pods, and a quarantine labels its pod a moment
+    later: the check then given that listing reads the pod again before it says it
+    put a label back (under load, ten in 3,000 such checks had claimed a restore)."""
+    stale = api.get("pods", NS, "web-5d9c-0")  # listed before the quarantine
+    add_incident(api)
+    await seen(memo, api, playbook("contain", ISOLATE))
+    label = "quarantine.firebreak.dev/miner"
+    assert (api.get("pods", NS, "web-5d9c-0") or {})["metadata"]["labels"][label] == "true"
+    assert stale is not None and label not in stale["metadata"]["labels"]
+    engine = handlers.services(memo).engine
+    before = len(api.writes)
+    engine.hold(NS, "miner", incident(api), pods={NS: [stale]})
+    assert api.written()[before:] == []
+    assert not any(e["reason"] == "QuarantineRestored" for e in incident(api)["status"]["timeline"])
+    # A label that is really gone is put back, as before.
+    api.request("PATCH", f"/api/v1/namespaces/{NS}/pods/web-5d9c-0",
+                body='{"metadata": {"labels": {"quarantine.firebreak.dev/miner": null}}}',
+                headers={"Content-Type": "application/merge-patch+json"})
+    engine.hold(NS, "miner", incident(api), pods={NS: [stale]})
+    assert (api.get("pods", NS, "web-5d9c-0") or {})["metadata"]["labels"][label] == "true"
+    assert any(e["reason"] == "QuarantineRestored" for e in incident(api)["status"]["timeline"])
+
+
 async def test_a_sweep_holds_the_pods_it_listed_without_their_managed_fields(
         api: Recorder, memo: kopf.Memo) -> None:
     add_incident(api)

@@ -480,10 +480,8 @@ class IsolateNetwork(Action):
         pods: dict[str, Obj] = {}
         label = quarantine_label(ctx.incident.key)
         swept = (ctx.listed_pods or {}).get(namespace)
-        by_uid: dict[str, Obj] = {}
         if swept is not None:  # the namespace's pods, listed once for all its quarantines
             labelled = [p for p in swept if label in (p["metadata"].get("labels") or {})]
-            by_uid = {p["metadata"]["uid"]: p for p in swept}
         else:
             labelled = ctx.kube.items(path("v1", "pods", namespace),
                                       query={"labelSelector": label})
@@ -491,8 +489,10 @@ class IsolateNetwork(Action):
             pods[pod["metadata"]["uid"]] = pod
         for entry in entries:
             if entry.uid not in pods:
-                found = by_uid.get(entry.uid) if swept is not None else \
-                    ctx.kube.read(path("v1", "pods", namespace, entry.name))
+                # Not labelled, or not there: read again, also after a sweep's listing,
+                # which may be older than this quarantine's label (a label is put back,
+                # and said to be, only when it is gone).
+                found = ctx.kube.read(path("v1", "pods", namespace, entry.name))
                 if found is not None and found["metadata"]["uid"] == entry.uid \
                         and not found["metadata"].get("deletionTimestamp"):
                     pods[entry.uid] = found
