@@ -138,7 +138,38 @@ def quarantined_pods(body: dict[str, Any], namespace: str) -> set[str]:
             if record.get("namespace") == namespace for p in record.get("pods") or ()}
 
 
-def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]],
+class Settling(NamedTuple):
+    """What a sweep needs of an incident to tell whether a check of its quarantine
+    would find nothing to do, taken from the body when it is stored (a sweep of
+    thousands of quarantines had decoded every body, every round)."""
+
+    name: str
+    namespace: str
+    # Isolated=True and not resolved.
+    isolated: bool
+    # Each isolateNetwork step: its namespace, whether it is applied and pod-scoped,
+    # its policy, and the uids of the pods it recorded.
+    steps: tuple[tuple[str, bool, str, tuple[str, ...]], ...]
+
+
+def settling(body: dict[str, Any]) -> Settling:
+    status = body.get("status") or {}
+    isolated = next((c for c in status.get("conditions") or () if c.get("type") == ISOLATED),
+                    None)
+    return Settling(
+        name=body["metadata"]["name"], namespace=body["metadata"].get("namespace") or "",
+        isolated=isolated is not None and isolated.get("status") == "True"
+        and not (body.get("spec") or {}).get("resolution"),
+        steps=tuple(
+            (str(record.get("namespace") or ""),
+             step.get("state") == StepState.applied.value
+             and (step.get("params") or {}).get("scope", "pod") == "pod",
+             str(record.get("policy")),
+             tuple(str(p.get("uid")) for p in record.get("pods") or ()))
+            for step, record in _isolations(body)))
+
+
+def settled(incident: Settling, namespace: str, pods: dict[str, dict[str, Any]],
             policies: PolicySet | None) -> bool:
     """Whether a check of an incident's quarantine in ``namespace`` would find nothing to
     do, judged from a fresh listing of the namespace's pods (by uid) and the watch's
@@ -147,27 +178,21 @@ def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]
     quarantine policy or allows nothing more (another quarantine by the same
     playbook). Its own policy's rules name namespaces and DNS pods by their shape, so
     no pod that comes or goes can change its verdict. Anything else: False."""
-    status = body.get("status") or {}
-    isolated = next((c for c in status.get("conditions") or () if c.get("type") == ISOLATED),
-                    None)
-    if policies is None or isolated is None or isolated.get("status") != "True" \
-            or (body.get("spec") or {}).get("resolution"):
+    if policies is None or not incident.isolated:
         return False
-    key = body["metadata"]["name"]
+    label = quarantine_label(IncidentRef(namespace=incident.namespace, name=incident.name,
+                                         uid="").key)
     found = False
-    for step, record in _isolations(body):
-        if record.get("namespace") != namespace:
+    for step_namespace, checkable, policy, uids in incident.steps:
+        if step_namespace != namespace:
             continue
-        if step.get("state") != StepState.applied.value \
-                or (step.get("params") or {}).get("scope", "pod") != "pod":
+        if not checkable:
             return False
-        own = policies.get(str(record.get("policy")))
+        own = policies.get(policy)
         if own is None:
             return False
-        label = quarantine_label(IncidentRef(namespace=body["metadata"]["namespace"],
-                                             name=key, uid="").key)
-        for entry in record.get("pods") or ():
-            pod = pods.get(str(entry.get("uid")))
+        for uid in uids:
+            pod = pods.get(uid)
             if pod is None:
                 continue  # gone: nothing to hold there
             labels = pod["metadata"].get("labels") or {}
@@ -181,14 +206,17 @@ def settled(body: dict[str, Any], namespace: str, pods: dict[str, dict[str, Any]
 
 class Stored(NamedTuple):
     """A body as the controller keeps it: encoded (JSON bytes take a quarter of the
-    memory of the parsed object), decoded only when a worker takes it."""
+    memory of the parsed object), decoded only when a worker takes it; and, for an
+    incident, what a sweep needs of it."""
 
     version: str
     encoded: bytes
+    settling: Settling | None = None
 
     @classmethod
-    def of(cls, body: dict[str, Any]) -> Stored:
-        return cls(str(body["metadata"].get("resourceVersion") or ""), to_keep(body))
+    def of(cls, body: dict[str, Any], incident: bool = True) -> Stored:
+        return cls(str(body["metadata"].get("resourceVersion") or ""), to_keep(body),
+                   settling(body) if incident else None)
 
     def body(self) -> dict[str, Any]:
         decoded: dict[str, Any] = orjson.loads(self.encoded)
@@ -269,7 +297,7 @@ class Controller:
             ours = self._written.get(key)
             if seen is not None and ours is not None and seen <= ours:
                 return  # our own write coming back, or older than it
-            self._store[key] = Stored.of(body)
+            self._store[key] = Stored.of(body, incident=kind == INCIDENT)
         self.queue.add(key)
 
     def _count_start(self, body: dict[str, Any]) -> None:
@@ -453,12 +481,13 @@ class Controller:
         by_uid = {p["metadata"]["uid"]: p for p in pods}
         policies = self.engine.policies(namespace) if self.engine.policies is not None \
             else None
-        # Only the quarantines with something to check are checked. Their bodies are
-        # decoded one at a time: a namespace of thousands would otherwise be decoded at
-        # once (tens of MiB for a moment, every sweep).
-        keys = [key for key in held
-                if (body := self.body(key)) is not None
-                and not settled(body, namespace, by_uid, policies)]
+        # Only the quarantines with something to check are checked, judged from what
+        # was taken of each body when it was stored: none is decoded.
+        with self._lock:
+            stored = [(key, self._store.get(key)) for key in held]
+        keys = [key for key, kept in stored if kept is not None
+                and (kept.settling is None
+                     or not settled(kept.settling, namespace, by_uid, policies))]
         with self._lock:
             for key in keys:
                 self._swept.setdefault(key, {})[namespace] = pods

@@ -18,10 +18,11 @@ import pytest
 from firebreak import handlers
 from firebreak.actions import registry
 from firebreak.config import OperatorConfig
-from firebreak.controller import INCIDENT, Controller, quarantine_index
+from firebreak.controller import INCIDENT, Controller, quarantine_index, settled, settling
 from firebreak.engine import Engine
 from firebreak.events import EventPoster, post_event
 from firebreak.intake import Intake
+from firebreak.isolation import PolicySet
 from firebreak.readiness import PlaybookReadiness
 from firebreak.sources.trivy import TrivyThresholds
 from firebreak.views import PolicyView
@@ -623,6 +624,55 @@ async def test_a_sweep_checks_only_the_quarantines_with_something_to_check(
                                   "policyTypes": ["Ingress"], "ingress": [{"from": [
                                       {"podSelector": {"matchLabels": {"app": "ghost"}}}]}]}}))
     assert await sweep() == sorted(names)
+
+
+async def test_a_sweep_judges_an_incident_from_what_was_taken_of_its_body(
+        api: Recorder, memo: kopf.Memo) -> None:
+    """What a sweep keeps of each incident (``settling``) says "nothing to check" only
+    for an isolated, unresolved quarantine whose applied pod-scoped steps find their
+    pods labelled and no policy there allowing more than their own."""
+    add_incident(api)
+    await seen(memo, api, playbook("contain", ISOLATE))
+    body = incident(api)
+    pods = {p["metadata"]["uid"]: p for p in api.all("pods", NS)}
+    policies = PolicySet(api.all("networkpolicies", NS))
+    assert settled(settling(body), NS, pods, policies)
+
+    def changed(edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        copy = incident(api)
+        edit(copy)
+        return copy
+
+    def isolated(value: str) -> Callable[[dict[str, Any]], None]:
+        def edit(b: dict[str, Any]) -> None:
+            for c in b["status"]["conditions"]:
+                if c["type"] == "Isolated":
+                    c["status"] = value
+        return edit
+
+    def step(**fields: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda b: b["status"]["actions"][0].update(fields)
+
+    unsettled = [
+        changed(isolated("False")),
+        changed(lambda b: b["spec"].update(resolution={"state": "resolved"})),
+        changed(step(state="Running")),
+        changed(step(params={"scope": "workload"})),
+        changed(lambda b: b["status"]["actions"][0]["revert"].update(policy="not-there")),
+    ]
+    for edited in unsettled:
+        assert not settled(settling(edited), NS, pods, policies), edited["status"]["actions"]
+    assert not settled(settling(body), NS, pods, None)  # no view of the policies yet
+    assert not settled(settling(body), "elsewhere", pods, policies)  # nothing held there
+    assert settled(settling(body), NS, {}, policies)  # its pod gone: nothing to hold
+    unlabelled = {uid: {**pod, "metadata": {**pod["metadata"], "labels": {}}}
+                  for uid, pod in pods.items()}
+    assert not settled(settling(body), NS, unlabelled, policies)
+    opening = api.add({"kind": "NetworkPolicy", "metadata": {"name": "open", "namespace": NS},
+                       "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+                                "ingress": [{}]}})
+    policies.put(opening)
+    assert not settled(settling(body), NS, pods, policies)
 
 
 async def test_a_listing_older_than_the_quarantines_label_restores_nothing(
