@@ -224,51 +224,39 @@ class PolicySet:
             return self._changes[name]
         return self._base.by_name.get(name)
 
-    def _labelled(self) -> tuple[dict[str, list[Policy]], list[Policy]]:
-        """The policies put since the index was made: by their quarantine label, and
-        the others."""
-        by_label: dict[str, list[Policy]] = {}
-        others: list[Policy] = []
-        for policy in self._changes.values():
-            if policy is None:
-                continue
-            label = _by_its_label(policy)
-            if label is None:
-                others.append(policy)
-            else:
-                by_label.setdefault(label, []).append(policy)
-        return by_label, others
+    def _found(self, label: str, changed: _Index) -> list[Policy]:
+        """The policies found by a quarantine label: the index's still there, then
+        those put since."""
+        return [*(p for p in self._base.by_label.get(label, ())
+                  if p["metadata"]["name"] not in self._changes),
+                *changed.by_label.get(label, ())]
 
-    def _by_label(self) -> dict[str, list[Policy]]:
-        changed_by_label, _ = self._labelled()
-        merged = {label: [p for p in found if p["metadata"]["name"] not in self._changes]
-                  for label, found in self._base.by_label.items()}
-        for label, found in changed_by_label.items():
-            merged.setdefault(label, []).extend(found)
-        return {label: found for label, found in merged.items() if found}
+    def _others(self, changed: _Index) -> list[Policy]:
+        return [*(p for name, p in self._base.others.items() if name not in self._changes),
+                *changed.others.values()]
 
-    def _others(self, changed: list[Policy]) -> list[Policy]:
-        return [p for name, p in self._base.others.items()
-                if name not in self._changes] + changed
+    def _changed(self) -> _Index:
+        """The policies put since the index was made, indexed alike."""
+        return _Index(p for p in self._changes.values() if p is not None)
 
     def selecting(self, labels: Mapping[str, str]) -> list[Policy]:
         """The policies that select a pod with these labels."""
-        changed_by_label, changed_others = self._labelled()
+        changed = self._changed()
         found = [p for label, value in labels.items() if value == "true"
-                 for p in (*(q for q in self._base.by_label.get(label, ())
-                             if q["metadata"]["name"] not in self._changes),
-                           *changed_by_label.get(label, ()))]
-        return found + [p for p in self._others(changed_others)
+                 for p in self._found(label, changed)]
+        return found + [p for p in self._others(changed)
                         if selects((p.get("spec") or {}).get("podSelector") or {}, labels)]
 
     def by_label(self) -> dict[str, list[str]]:
         """The names of the policies found by their quarantine label, per label."""
+        changed = self._changed()
         return {label: [p["metadata"]["name"] for p in found]
-                for label, found in self._by_label().items()}
+                for label in {**self._base.by_label, **changed.by_label}
+                if (found := self._found(label, changed))}
 
     def tried(self) -> list[str]:
         """The names of the policies tried against a pod's labels."""
-        return [p["metadata"]["name"] for p in self._others(self._labelled()[1])]
+        return [p["metadata"]["name"] for p in self._others(self._changed())]
 
     def __iter__(self) -> Iterator[Policy]:
         for name, policy in self._base.by_name.items():
