@@ -147,31 +147,16 @@ class _Index:
     __slots__ = ("by_label", "by_name", "others")
 
     def __init__(self, policies: Iterable[Policy] = ()) -> None:
-        self.by_name: dict[str, Policy] = {}
+        # A name given twice keeps the later policy.
+        self.by_name: dict[str, Policy] = {p["metadata"]["name"]: p for p in policies}
         self.by_label: dict[str, tuple[Policy, ...]] = {}
         self.others: dict[str, Policy] = {}
-        for policy in policies:
-            name = policy["metadata"]["name"]
-            if name in self.by_name:
-                self._remove(name)
-            self.by_name[name] = policy
+        for name, policy in self.by_name.items():
             label = _by_its_label(policy)
             if label is None:
                 self.others[name] = policy
             else:
                 self.by_label[label] = (*self.by_label.get(label, ()), policy)
-
-    def _remove(self, name: str) -> None:
-        old = self.by_name.pop(name)
-        label = _by_its_label(old)
-        if label is None:
-            del self.others[name]
-            return
-        kept = tuple(p for p in self.by_label[label] if p["metadata"]["name"] != name)
-        if kept:
-            self.by_label[label] = kept
-        else:
-            del self.by_label[label]
 
 
 class PolicySet:

@@ -659,3 +659,22 @@ def test_a_copy_costs_the_changes_not_the_namespace() -> None:
         tracemalloc.stop()
     assert per_copy < 2048, per_copy
     assert all(len(c) == 3001 and c.get("front") is not None for c in copies)
+
+
+def test_a_set_changed_one_policy_at_a_time_keeps_its_copies_cheap() -> None:
+    """The view's sets change a policy at a time, thousands of times: the changes are
+    folded into a new index as they go, so a copy stays cheap however many came."""
+    index = PolicySet()
+    for i in range(3000):
+        index.put(policy(f"firebreak-quarantine-{i}",
+                         {"matchLabels": {quarantine_label(str(i)): "true"}}))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        copies = [index.copy() for _ in range(100)]
+        per_copy = (tracemalloc.get_traced_memory()[0] - before) / len(copies)
+    finally:
+        tracemalloc.stop()
+    assert per_copy < 16384, per_copy
+    assert all(len(c) == 3000 for c in copies)
+    assert index.by_label()[quarantine_label("2999")] == ["firebreak-quarantine-2999"]
