@@ -9,7 +9,12 @@ start-up. Each call reads the incident afresh, then moves it on as far as it can
 Every state change is written to the status subresource *before* the next step
 starts, so a restart (even after SIGKILL) resumes from the record: a step found
 ``Running`` is applied again from its recorded decision (actions are idempotent),
-and a step found ``Applied`` is never applied again.
+and a step found ``Applied`` is never applied again. One exception saves a write on
+the common path: a decision its action calls replayable (``Prepared.replayable``: a
+quarantine that neither detaches pods nor excludes them from other policies) is
+written with its outcome. A crash in between leaves the step pending; the next run
+plans it again, finds its policy (its own, by the incident's UID) and its label in
+place, writes nothing new, and records the same outcome.
 
 Every status write carries the ``resourceVersion`` the run started from. When
 someone else wrote meanwhile, the write fails: if only intake's fields moved (signal
@@ -255,6 +260,8 @@ class Run:
         self.notifications = list(self.status.notifications or [])
         self.deliveries = list(self.status.deliveries or [])
         self._persisted = self._status_patch()
+        # A step's outcome is known but not yet written (see ``_run_step``).
+        self._outcome_unwritten = False
         # Per step: what its prepare read, for its apply in this same run.
         self._seen: dict[str, dict[str, Any]] = {}
         # Pods by namespace listed for this run's checks (Engine.hold), if any.
@@ -332,6 +339,7 @@ class Run:
                 continue
             meta["resourceVersion"] = written["metadata"]["resourceVersion"]
             previous, self._persisted = self._persisted, patch
+            self._outcome_unwritten = False
             metrics.observe_status(previous, patch)
             if self.engine.written is not None:
                 self.engine.written(written)
@@ -595,6 +603,7 @@ class Run:
     def _finish(self, index: int, state: StepState, message: str, **changes: Any) -> None:
         step = self.set_step(index, state=state, message=message,
                              finished_at=self.now, **changes)
+        self._outcome_unwritten = True
         reason = {StepState.refused: "StepRefused", StepState.failed: "StepFailed",
                   StepState.applied: "StepApplied", StepState.planned: "StepPlanned"}[state]
         trouble = state in (StepState.refused, StepState.failed)
@@ -669,7 +678,12 @@ class Run:
                                  revert=p.record.to_api(), warnings=p.warnings or None)
             for warning in p.warnings:
                 self.note("StepWarning", warning, warning=True)
-            self.persist()
+            # A replayable decision travels with the step's outcome: a crash before
+            # that write leaves the step pending, and the next run plans it again and
+            # finds its work done. Not when an earlier step's outcome is still
+            # unwritten: that step would be applied again from its Running record.
+            if not (p.replayable and not self._outcome_unwritten):
+                self.persist()
         else:  # Running: a previous run recorded the decision, then stopped.
             action = self.engine.actions[step.action]
             params = action.parse(step.params)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from firebreak.engine import Engine
+from firebreak.isolation import quarantine_label
 from tests.engine.recorder import Crash, Recorder
 from tests.engine.world import (
     NS,
@@ -78,10 +79,15 @@ def world(api: Recorder) -> dict[str, Any]:
 
 def outcome(api: Recorder) -> dict[str, Any]:
     """Status as it matters after the run. A step reverted before the crash says so
-    again in other words ("already at 3 replicas"): its message is left out."""
+    again in other words ("already at 3 replicas"): its message is left out. An
+    excluded policy's version is the one the API server stamped, which differs between
+    runs as ``world`` leaves out."""
     found = status(api)
     actions = [{k: v for k, v in a.items() if not (k == "message" and a["state"] == "Reverted")}
                for a in found["actions"]]
+    for action in actions:
+        for excluded in (action.get("revert") or {}).get("excluded") or ():
+            excluded.pop("resourceVersion", None)
     return {"phase": found["phase"], "actions": actions, "conditions": found["conditions"]}
 
 
@@ -203,3 +209,122 @@ def test_stale_bodies_do_not_apply_a_step_twice(engine_for: EngineFactory,
     engine_for(api).reconcile(NS, "miner", [BOOK], body=stale)
     assert changes(api) == once
     assert status(api)["phase"] == "Contained"
+
+
+# --- the common path: one quarantine, its decision written with its outcome -----------
+
+COMMON = playbook("common", step("isolate", "isolateNetwork"))
+
+
+def contain_common(api: Recorder, engine_for: EngineFactory) -> None:
+    engine_for(api).reconcile(NS, "miner", [COMMON])
+
+
+def test_a_quarantine_decided_and_applied_before_any_write_survives_every_crash(
+        engine_for: EngineFactory, clock: Clock) -> None:
+    """The policy and the label land before the first status write: a crash after
+    either leaves no record, and the next run plans the quarantine again, finds it in
+    place (its own policy, by the incident's UID; the label already on) and records
+    it, changing nothing twice."""
+    total, checked = crash_everywhere(engine_for, clock, lambda api: None, contain_common)
+    assert checked == total >= 3
+    reference = build(clock)
+    contain_common(reference, engine_for)
+    assert [w.what for w in reference.writes if w.resource != "events"][:3] == [
+        "create networkpolicies shop/firebreak-quarantine-miner",
+        "patch pods shop/web-5d9c-0",
+        "patch securityincidents/status shop/miner",
+    ]
+
+
+def test_resolving_a_quarantine_recorded_after_a_replay_releases_everything(
+        engine_for: EngineFactory, clock: Clock) -> None:
+    """A crash after the label, before any record; the replay records the quarantine,
+    and resolution then takes the policy and the label away as if nothing happened."""
+    reference = build(clock)
+    contain_common(reference, engine_for)
+    api = build(clock)
+    api.crash_after = 2  # the policy and the label are there, no status
+    with pytest.raises(Crash):
+        contain_common(api, engine_for)
+    assert "status" not in incident(api) or not incident(api)["status"].get("actions")
+    api.crash_after = None
+    contain_common(api, engine_for)
+    assert outcome(api) == outcome(reference)
+    reference_labels = dict(reference.get("pods", NS, "web-5d9c-0")["metadata"]["labels"])
+    for done in (api, reference):
+        resolve(done)
+        contain_common(done, engine_for)
+    assert status(api)["phase"] == status(reference)["phase"] == "Resolved"
+    assert world(api) == world(reference)
+    assert api.get("networkpolicies", NS, "firebreak-quarantine-miner") is None
+    pod = api.get("pods", NS, "web-5d9c-0")
+    assert pod is not None and quarantine_label("miner") not in pod["metadata"]["labels"]
+    assert quarantine_label("miner") in reference_labels  # what the check would miss
+
+
+def test_a_stale_body_replays_a_quarantine_without_changing_anything(
+        engine_for: EngineFactory, clock: Clock) -> None:
+    """A body from before the record (a lagging watch, a second replica): the replay
+    finds the policy its own and the label on, writes no change, and its status write
+    fails on the precondition; the run then starts over from the record."""
+    api = build(clock)
+    stale = incident(api)
+    contain_common(api, engine_for)
+    once, recorded = changes(api), status(api)
+    engine_for(api).reconcile(NS, "miner", [COMMON], body=stale)
+    assert changes(api) == once
+    assert status(api) == recorded
+
+
+def test_a_quarantine_after_an_unwritten_outcome_is_written_before_it_is_applied(
+        engine_for: EngineFactory, clock: Clock) -> None:
+    """The snapshot's outcome is not yet on record when the quarantine comes: the
+    quarantine's decision is written first (with that outcome), or a crash would leave
+    the snapshot Running, to be taken again."""
+    book = playbook("evidence-first", step("evidence", "snapshot"),
+                    step("isolate", "isolateNetwork"))
+
+    def contain_after_snapshot(api: Recorder, engine_for: EngineFactory) -> None:
+        engine_for(api).reconcile(NS, "miner", [book])
+
+    total, checked = crash_everywhere(engine_for, clock, lambda api: None,
+                                      contain_after_snapshot)
+    assert checked == total
+    reference = build(clock)
+    contain_after_snapshot(reference, engine_for)
+    before_policy = [w for w in reference.writes][:next(
+        i for i, w in enumerate(reference.writes) if w.resource == "networkpolicies")]
+    recorded = [w.body["status"] for w in before_policy if w.resource == "securityincidents"]
+    assert [a["state"] for a in recorded[-1]["actions"]] == ["Applied", "Running"]
+
+
+def open_to_web(api: Recorder) -> None:
+    """Another team's policy letting all traffic in to the app's pods."""
+    api.add({"kind": "NetworkPolicy", "metadata": {"name": "open", "namespace": NS},
+             "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                      "policyTypes": ["Ingress"], "ingress": [{}]}})
+
+
+@pytest.mark.parametrize("book, prepare", [
+    (playbook("detach", step("isolate", "isolateNetwork", detach=True)), lambda api: None),
+    (COMMON, open_to_web),
+], ids=["detaching", "excluding"])
+def test_a_quarantine_whose_plan_a_replay_would_not_find_again_is_written_first(
+        engine_for: EngineFactory, clock: Clock, book: dict[str, Any],
+        prepare: Callable[[Recorder], None]) -> None:
+    """Detaching records the labels the pod had; excluding records other teams'
+    policies as they were. After the first apply neither is there to be planned again,
+    so the decision is on record before anything changes, and every crash is
+    harmless."""
+
+    def act(api: Recorder, engine_for: EngineFactory) -> None:
+        engine_for(api).reconcile(NS, "miner", [book])
+
+    crash_everywhere(engine_for, clock, prepare, act)
+    reference = build(clock)
+    prepare(reference)
+    act(reference, engine_for)
+    first = next(w for w in reference.writes if w.resource != "events")
+    assert first.what == "patch securityincidents/status shop/miner"
+    assert [a["state"] for a in first.body["status"]["actions"]] == ["Running"]

@@ -275,7 +275,9 @@ def test_phase_follows_the_incident_from_pending_to_resolved(api: Recorder,
     book = [playbook("contain", ISOLATE, step("mark", "label", labels={"x": "y"}))]
     engine.reconcile(NS, "miner", book)
     phases = [w.body["status"]["phase"] for w in api.writes if w.resource == "securityincidents"]
-    assert phases == ["Containing", "Containing", "Contained"]
+    # The quarantine's decision goes with its outcome (replayable), the label's is
+    # written before it is applied.
+    assert phases == ["Containing", "Contained"]
     api.objects[("securityincidents", NS, "miner")]["spec"]["resolution"] = {"reason": "ok"}
     start = len(api.writes)
     engine.reconcile(NS, "miner", book)

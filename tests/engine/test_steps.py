@@ -49,11 +49,12 @@ def test_steps_run_in_order_each_recorded_before_the_next(api: Recorder, engine:
     assert api.written() == [
         # No Event: the playbook chosen and its steps' outcome are in the status (the
         # steps ran at once, so no one waited for them).
-        STATUS,                                               # triaged; isolate Running
+        # The quarantine's decision is replayable (a crash before its outcome is
+        # written leaves it pending, planned again, found done): no write before it.
         "create networkpolicies shop/firebreak-quarantine-miner",
         "patch pods shop/web-5d9c-0",
-        STATUS,                                               # isolate Applied; cordon Running
-        "patch nodes node-a",
+        STATUS,                                               # triaged; isolate Applied;
+        "patch nodes node-a",                                 # cordon Running
         STATUS,                                               # cordon Applied; stop Running
         "patch deployments/scale shop/web",
         STATUS,                                               # stop Applied; Contained
@@ -61,12 +62,11 @@ def test_steps_run_in_order_each_recorded_before_the_next(api: Recorder, engine:
     # Each status write holds the decision of the step about to run.
     recorded = [w.body["status"] for w in api.writes if w.resource == "securityincidents"]
     assert [[a["state"] for a in s["actions"]] for s in recorded] == [
-        ["Running", "Pending", "Pending"],
         ["Applied", "Running", "Pending"],
         ["Applied", "Applied", "Running"],
         ["Applied", "Applied", "Applied"],
     ]
-    assert recorded[2]["actions"][2]["revert"] == {
+    assert recorded[1]["actions"][2]["revert"] == {
         "version": 1, "kind": "Deployment", "namespace": NS, "name": "web",
         "previousReplicas": 3, "replicas": 0}
     final = status(api)
@@ -134,7 +134,8 @@ def test_a_failed_step_with_on_failure_abort_skips_the_rest(api: Recorder,
     assert status(api)["phase"] == "Failed"
     # Nothing after the failure touched a workload.
     assert api.written("pods", "nodes", "deployments") == []
-    assert api.written("securityincidents") == [STATUS, STATUS]
+    # One write: the decision was replayable, so it went with its outcome.
+    assert api.written("securityincidents") == [STATUS]
 
 
 def test_a_failed_step_with_on_failure_continue_lets_the_next_run(api: Recorder,

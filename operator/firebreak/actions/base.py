@@ -147,6 +147,12 @@ class Prepared:
     record: Record
     facts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Whether this decision may go unrecorded until its outcome is: applying the step
+    # again from a fresh plan, after a crash that lost the decision, writes nothing
+    # new and ends with the same record (its objects are named after the incident
+    # and known as its own; what a revert needs is in the world, not only in the
+    # decision). Saves the status write before the step on the common path.
+    replayable: bool = False
 
 
 @dataclass(frozen=True)

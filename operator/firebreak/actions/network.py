@@ -392,6 +392,10 @@ class IsolateNetwork(Action):
             + [ref("NetworkPolicy", n, namespace) for n in to_patch]
             + [ref("Pod", e.name, namespace) for e in record_pods],
             record=IsolateNetworkRecord(namespace=namespace, policy=policy, pods=record_pods),
+            # Detaching records label values the first apply takes away, and an
+            # exclusion's record keeps versions of other teams' policies: a fresh plan
+            # would not find either again.
+            replayable=not params.detach and not to_patch,
         )
 
     @staticmethod
@@ -429,6 +433,12 @@ class IsolateNetwork(Action):
                                      views)
         else:
             quarantine = _Quarantine.read(ctx, params, namespace, record.policy, views)
+            # Resuming a recorded decision: a crash may have come between an exclusion
+            # and its record. A policy carrying this incident's term is one of ours.
+            quarantine.excluded += [
+                ExcludedPolicy(name=p["metadata"]["name"],
+                               resource_version=p["metadata"].get("resourceVersion"))
+                for p in quarantine.policies if has_exclusion(p, ctx.incident.key)]
         # Out of every other policy first: labelling then moves each pod from those
         # policies into the quarantine in one write.
         quarantine.exclude()
