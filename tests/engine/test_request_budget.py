@@ -152,3 +152,27 @@ def test_a_pod_relabelled_after_intake_read_it_is_judged_and_excluded_as_stored(
     assert any(e["key"].startswith("quarantine.firebreak.dev/")
                for e in selector.get("matchExpressions") or [])
     assert condition(api, "Isolated", recorded.name)["status"] == "True"
+
+
+def test_a_quarantine_judges_its_pods_twice_when_nothing_needed_excluding(
+        api: Recorder, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once as planned, once as applied (before labelling, for exclusions); the
+    verdict after labelling reuses that judgement when the pods came back as judged
+    and no policy was changed. (After an exclusion it judges again: the relabelled
+    pod's test above.)"""
+    from firebreak.actions import network
+
+    judged: list[str] = []
+    real = network.excess
+
+    def counting(pod: object, *args: object, **kwargs: object) -> object:
+        judged.append(pod.name)  # type: ignore[attr-defined]
+        return real(pod, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(network, "excess", counting)
+    _, intake, engine = pipeline(api, clock)
+    recorded = intake.record(alert_signal())
+    engine.reconcile(NS, recorded.name, [playbook("isolate", step("isolate", "isolateNetwork"))],
+                     api.get("securityincidents", NS, recorded.name))
+    assert condition(api, "Isolated", recorded.name)["status"] == "True"
+    assert judged == ["web-5d9c-0", "web-5d9c-0"]

@@ -254,6 +254,10 @@ class _Quarantine:
     pods: list[PodView]
     excluded: list[ExcludedPolicy] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
+    # The last findings and the pods they were found for, until a policy is replaced
+    # here: a verdict right after an exclusion that changed nothing is not judged
+    # again. (The policies are changed only through ``_replace`` once judged.)
+    _found: tuple[list[PodView], list[Finding]] | None = field(default=None, repr=False)
 
     @classmethod
     def read(cls, ctx: ActionContext, params: IsolateNetworkParams, namespace: str,
@@ -261,6 +265,8 @@ class _Quarantine:
         return cls(ctx, params, namespace, own, _policies(ctx, namespace), list(pods))
 
     def findings(self) -> list[Finding]:
+        if self._found is not None and self._found[0] == self.pods:
+            return self._found[1]
         world = _world(self.ctx.kube)
         # Only the policies that select a pod can open it: in a namespace of many
         # quarantines (one policy each), most select none of these pods.
@@ -268,6 +274,7 @@ class _Quarantine:
         for pod in self.pods:
             found += excess(pod, self.policies.selecting(pod.labels), self.own,
                             allowances(self.params), world)
+        self._found = (list(self.pods), found)
         return found
 
     def exclude(self) -> None:
@@ -314,6 +321,7 @@ class _Quarantine:
 
     def _replace(self, policy: dict[str, Any]) -> None:
         self.policies.put(policy)
+        self._found = None
 
     def verdict(self) -> Verdict:
         found = self.findings()
