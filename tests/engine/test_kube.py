@@ -279,3 +279,32 @@ def test_what_is_kept_encoded_takes_the_memory_of_its_length(keeper: str) -> Non
         assert handoff.take("Pod", NS, "p0") == body
     # The bytes, their header, the tuple (and the handoff's entry) around them.
     assert per_call < length + 600, per_call
+
+
+def test_a_contained_incident_is_kept_compressed() -> None:
+    """The controller keeps every open incident's body: compressed, a contained
+    incident (as the engine leaves it) takes, with the summary kept beside it, under
+    60 % of the memory of its JSON alone (uncompressed: more than all of it), and
+    comes back as it was."""
+    from functools import partial
+
+    from firebreak.actions import registry
+    from firebreak.config import OperatorConfig
+    from firebreak.engine import Engine
+    from firebreak.events import post_event
+    from tests.engine.world import Clock, add_app, add_incident, add_nodes, incident, playbook, step
+
+    api = Recorder(clock=Clock())
+    add_nodes(api, "node-a", "node-b")
+    add_app(api)
+    add_incident(api)
+    kube = api.kube()
+    Engine(kube=kube, config=OperatorConfig(namespace="firebreak-system"), actions=registry(),
+           emit=partial(post_event, kube)).reconcile(
+        NS, "miner", [playbook("isolate", step("isolate", "isolateNetwork"))])
+    body = incident(api)
+    assert body["status"]["phase"] == "Contained"
+    length = len(orjson.dumps(body))
+    per_call = _traced_per_call(lambda: Stored.of(body))
+    assert Stored.of(body).body() == body
+    assert per_call < 0.6 * length, (per_call, length)
