@@ -682,7 +682,7 @@ class Run:
             # that write leaves the step pending, and the next run plans it again and
             # finds its work done. Not when an earlier step's outcome is still
             # unwritten: that step would be applied again from its Running record.
-            if not (p.replayable and not self._outcome_unwritten):
+            if self._outcome_unwritten or not p.replayable:
                 self.persist()
         else:  # Running: a previous run recorded the decision, then stopped.
             action = self.engine.actions[step.action]

@@ -172,7 +172,7 @@ class PolicySet:
     every quarantine run asks for one, and a namespace of thousands of quarantines had
     cost each run its own copy of every index."""
 
-    __slots__ = ("_base", "_changes")
+    __slots__ = ("_base", "_changed_index", "_changes")
 
     FOLD_AT = 64
 
@@ -180,16 +180,20 @@ class PolicySet:
         self._base = _Index(policies)
         # By name: the policy put, or None for one discarded from the index.
         self._changes: dict[str, Policy | None] = {}
+        # The changes indexed alike, once asked for, until the next change.
+        self._changed_index: _Index | None = None
 
     def put(self, policy: Policy) -> None:
         """Add a policy, or replace the one of its name."""
         name = policy["metadata"]["name"]
         self._changes.pop(name, None)
         self._changes[name] = policy
+        self._changed_index = None
         self._fold()
 
     def discard(self, name: str) -> None:
         self._changes.pop(name, None)
+        self._changed_index = None
         if name in self._base.by_name:
             self._changes[name] = None
             self._fold()
@@ -202,6 +206,7 @@ class PolicySet:
         other = PolicySet.__new__(PolicySet)
         other._base = self._base
         other._changes = self._changes.copy()
+        other._changed_index = self._changed_index  # an _Index is never changed
         return other
 
     def get(self, name: str) -> Policy | None:
@@ -221,8 +226,11 @@ class PolicySet:
                 *changed.others.values()]
 
     def _changed(self) -> _Index:
-        """The policies put since the index was made, indexed alike."""
-        return _Index(p for p in self._changes.values() if p is not None)
+        """The policies put since the index was made, indexed alike (once per change:
+        a quarantine asks its copy again and again)."""
+        if self._changed_index is None:
+            self._changed_index = _Index(p for p in self._changes.values() if p is not None)
+        return self._changed_index
 
     def selecting(self, labels: Mapping[str, str]) -> list[Policy]:
         """The policies that select a pod with these labels."""

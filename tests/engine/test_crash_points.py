@@ -216,8 +216,16 @@ def test_stale_bodies_do_not_apply_a_step_twice(engine_for: EngineFactory,
 COMMON = playbook("common", step("isolate", "isolateNetwork"))
 
 
-def contain_common(api: Recorder, engine_for: EngineFactory) -> None:
-    engine_for(api).reconcile(NS, "miner", [COMMON])
+def running(book: dict[str, Any]) -> Callable[[Recorder, EngineFactory], None]:
+    """A fresh engine's reconciliation of the incident with this playbook alone."""
+
+    def act(api: Recorder, engine_for: EngineFactory) -> None:
+        engine_for(api).reconcile(NS, "miner", [book])
+
+    return act
+
+
+contain_common = running(COMMON)
 
 
 def test_a_quarantine_decided_and_applied_before_any_write_survives_every_crash(
@@ -284,16 +292,13 @@ def test_a_quarantine_after_an_unwritten_outcome_is_written_before_it_is_applied
     the snapshot Running, to be taken again."""
     book = playbook("evidence-first", step("evidence", "snapshot"),
                     step("isolate", "isolateNetwork"))
-
-    def contain_after_snapshot(api: Recorder, engine_for: EngineFactory) -> None:
-        engine_for(api).reconcile(NS, "miner", [book])
-
+    contain_after_snapshot = running(book)
     total, checked = crash_everywhere(engine_for, clock, lambda api: None,
                                       contain_after_snapshot)
     assert checked == total
     reference = build(clock)
     contain_after_snapshot(reference, engine_for)
-    before_policy = [w for w in reference.writes][:next(
+    before_policy = reference.writes[:next(
         i for i, w in enumerate(reference.writes) if w.resource == "networkpolicies")]
     recorded = [w.body["status"] for w in before_policy if w.resource == "securityincidents"]
     assert [a["state"] for a in recorded[-1]["actions"]] == ["Applied", "Running"]
@@ -317,10 +322,7 @@ def test_a_quarantine_whose_plan_a_replay_would_not_find_again_is_written_first(
     policies as they were. After the first apply neither is there to be planned again,
     so the decision is on record before anything changes, and every crash is
     harmless."""
-
-    def act(api: Recorder, engine_for: EngineFactory) -> None:
-        engine_for(api).reconcile(NS, "miner", [book])
-
+    act = running(book)
     crash_everywhere(engine_for, clock, prepare, act)
     reference = build(clock)
     prepare(reference)

@@ -643,6 +643,18 @@ def _check_against_fresh_sets(operations: list[tuple[str, str, str]]) -> None:
             assert answers(index) == answers(PolicySet(model.values()))
 
 
+def _copied(index: PolicySet, times: int = 100) -> tuple[list[PolicySet], float]:
+    """Copies of the set, and the memory each took."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        copies = [index.copy() for _ in range(times)]
+        per_copy = (tracemalloc.get_traced_memory()[0] - before) / times
+    finally:
+        tracemalloc.stop()
+    return copies, per_copy
+
+
 def test_a_copy_costs_the_changes_not_the_namespace() -> None:
     """Every quarantine run takes a copy of its namespace's set: with thousands of
     quarantines there, a copy made of the whole index had cost each run its size."""
@@ -650,13 +662,7 @@ def test_a_copy_costs_the_changes_not_the_namespace() -> None:
                              {"matchLabels": {quarantine_label(str(i)): "true"}})
                       for i in range(3000))
     index.put(policy("front", {"matchLabels": {"tier": "front"}}))
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        copies = [index.copy() for _ in range(100)]
-        per_copy = (tracemalloc.get_traced_memory()[0] - before) / len(copies)
-    finally:
-        tracemalloc.stop()
+    copies, per_copy = _copied(index)
     assert per_copy < 2048, per_copy
     assert all(len(c) == 3001 and c.get("front") is not None for c in copies)
 
@@ -668,13 +674,48 @@ def test_a_set_changed_one_policy_at_a_time_keeps_its_copies_cheap() -> None:
     for i in range(3000):
         index.put(policy(f"firebreak-quarantine-{i}",
                          {"matchLabels": {quarantine_label(str(i)): "true"}}))
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        copies = [index.copy() for _ in range(100)]
-        per_copy = (tracemalloc.get_traced_memory()[0] - before) / len(copies)
-    finally:
-        tracemalloc.stop()
+    copies, per_copy = _copied(index)
     assert per_copy < 16384, per_copy
     assert all(len(c) == 3000 for c in copies)
     assert index.by_label()[quarantine_label("2999")] == ["firebreak-quarantine-2999"]
+
+
+def test_the_changes_are_indexed_once_until_the_next_change(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quarantine asks its copy of the namespace's set again and again (each pod,
+    each judgement): the changes since the last fold are indexed for the first
+    question only, shared with a copy made then, and indexed again after a change."""
+    from firebreak import isolation
+
+    index = PolicySet(policy(f"firebreak-quarantine-{i}",
+                             {"matchLabels": {quarantine_label(str(i)): "true"}})
+                      for i in range(10))
+    index.put(policy("front", {"matchLabels": {"tier": "front"}}))
+    made: list[int] = []
+    real = isolation._Index
+
+    class Counted(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any) -> None:
+            made.append(1)
+            super().__init__(*args)
+
+    monkeypatch.setattr(isolation, "_Index", Counted)
+    labels = {quarantine_label("3"): "true", "tier": "front"}
+    for _ in range(5):
+        assert [p["metadata"]["name"] for p in index.selecting(labels)] == \
+            ["firebreak-quarantine-3", "front"]
+    assert index.tried() == ["front"]
+    assert len(made) == 1
+    copy = index.copy()
+    copy.selecting(labels)
+    assert len(made) == 1
+    copy.put(policy("back", {"matchLabels": {"tier": "front"}}))
+    assert [p["metadata"]["name"] for p in copy.selecting(labels)] == \
+        ["firebreak-quarantine-3", "front", "back"]
+    assert len(made) == 2
+    assert [p["metadata"]["name"] for p in index.selecting(labels)] == \
+        ["firebreak-quarantine-3", "front"]
+    copy.discard("front")
+    assert [p["metadata"]["name"] for p in copy.selecting(labels)] == \
+        ["firebreak-quarantine-3", "back"]
+    assert len(made) == 3
