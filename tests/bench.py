@@ -93,6 +93,7 @@ BENCH_LABEL = "firebreak_bench"
 POLICY_PREFIX = "firebreak-quarantine-"  # actions/network.py: policy_name()
 TOKEN = "bench-" + hashlib.sha256(str(time.time_ns()).encode()).hexdigest()[:24]
 MIB = 1024 * 1024
+WINDOW = 5.0  # seconds: latency over the run, by window of send times
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Resources whose API traffic during a scenario is the operator's (and intake's).
 OPERATOR_RESOURCES = ("securityincidents", "networkpolicies", "pods", "replicasets",
@@ -932,6 +933,8 @@ class Bench:
             "all_contained": complete and len(seen) == count,
             "latency_s": distribution(latency),
             "latency_from_schedule_s": distribution(from_schedule),
+            "latency_by_window_s": by_window(
+                [(s.sent - began, watch.added[s.policy] - s.sent) for s in seen], WINDOW),
             "post_rtt_s": distribution(s.answered - s.sent for s in ok),
             "all_policies_after_s": round(last_policy - began, 3) if seen else None,
             "contained_per_s": round(len(seen) / max(last_policy - began, 1e-9), 2) if seen else None,
@@ -966,6 +969,21 @@ class Bench:
             result["stages_s"] = stage_breakdown(ok, watch.added, stage_watch)
             result["incident_watch_events"] = dict(stage_watch.events)
         return result
+
+
+def by_window(points: Iterable[tuple[float, float]], width: float) -> list[dict[str, float]]:
+    """Latency over the run: for each ``width``-second window of send times (from the
+    first send), how many alerts were sent in it and their latency's p50, p99 and max.
+    A slow spell shows where it happened (every 30 s, with the periodic check?)."""
+    windows: dict[int, list[float]] = {}
+    for at, value in points:
+        windows.setdefault(int(at // width), []).append(value)
+    for values in windows.values():
+        values.sort()
+    return [{"from_s": index * width, "alerts": len(values),
+             "p50": round(percentile(values, 50), 4), "p99": round(percentile(values, 99), 4),
+             "max": round(max(values), 4)}
+            for index, values in sorted(windows.items())]
 
 
 def stage_breakdown(shots: list[Shot], policies: dict[str, float],
@@ -1126,6 +1144,10 @@ def print_report(results: dict[str, Any]) -> None:
             for label, d in s["stages_s"].items():
                 print(f"   {label:<40}" + "".join(
                     f"{k} {fmt(d.get(k), 'ms', 1000):>8}  " for k in ("p50", "p95", "max")))
+    for s in results["scenarios"]:
+        if s["rate_per_s"] and s["latency_by_window_s"]:
+            print(f"\np99 by {WINDOW:g} s of send times ({s['name']}): " + " ".join(
+                fmt(w["p99"], "", 1000) for w in s["latency_by_window_s"]) + " ms")
     large = results.get("large_cluster")
     if large:
         print(f"\nlarge cluster: +{large['nodes_added']} nodes in {large['nodes_ready_s']}s, "
