@@ -158,6 +158,35 @@ class _Index:
             else:
                 self.by_label[label] = (*self.by_label.get(label, ()), policy)
 
+    def changed(self, changes: Mapping[str, Policy | None]) -> _Index:
+        """A new index: this one with ``changes`` (by name, latest last; None: gone)
+        made, in the order a fresh index of the same policies would hold them. Copies
+        this one's maps and judges only the changed policies, where building it anew
+        would judge every policy of the namespace again."""
+        new = _Index.__new__(_Index)
+        new.by_name, new.by_label, new.others = (
+            self.by_name.copy(), self.by_label.copy(), self.others.copy())
+        for name, policy in changes.items():
+            old = new.by_name.pop(name, None)
+            if old is not None:
+                label = _by_its_label(old)
+                if label is None:
+                    del new.others[name]
+                else:
+                    kept = tuple(p for p in new.by_label[label] if p is not old)
+                    if kept:
+                        new.by_label[label] = kept
+                    else:
+                        del new.by_label[label]
+            if policy is not None:
+                new.by_name[name] = policy
+                label = _by_its_label(policy)
+                if label is None:
+                    new.others[name] = policy
+                else:
+                    new.by_label[label] = (*new.by_label.get(label, ()), policy)
+        return new
+
 
 class PolicySet:
     """A namespace's policies by name, and which of them select a pod, by its labels: a
@@ -200,7 +229,7 @@ class PolicySet:
 
     def _fold(self) -> None:
         if len(self._changes) >= self.FOLD_AT:
-            self._base, self._changes = _Index(self), {}
+            self._base, self._changes = self._base.changed(self._changes), {}
 
     def copy(self) -> PolicySet:
         other = PolicySet.__new__(PolicySet)

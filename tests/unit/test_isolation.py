@@ -719,3 +719,40 @@ def test_the_changes_are_indexed_once_until_the_next_change(
     assert [p["metadata"]["name"] for p in copy.selecting(labels)] == \
         ["firebreak-quarantine-3", "back"]
     assert len(made) == 3
+
+
+def test_a_fold_judges_the_changed_policies_not_the_namespace(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every policy event of a namespace is a put into its set, and every ``FOLD_AT``
+    puts are folded into a new index: with thousands of quarantines there, judging
+    every policy again at each fold had been the largest part of following them."""
+    from firebreak import isolation
+
+    index = PolicySet(policy(f"firebreak-quarantine-{i}",
+                             {"matchLabels": {quarantine_label(str(i)): "true"}})
+                      for i in range(3000))
+    judged: list[str] = []
+    real = isolation._by_its_label
+
+    def counted(p: dict[str, Any]) -> str | None:
+        judged.append(p["metadata"]["name"])
+        return real(p)
+
+    monkeypatch.setattr(isolation, "_by_its_label", counted)
+    for i in range(PolicySet.FOLD_AT):  # replaced, added and gone, then folded
+        if i % 3 == 0:
+            index.put(policy(f"firebreak-quarantine-{i}", {"matchLabels": {"tier": "front"}}))
+        elif i % 3 == 1:
+            index.put(policy(f"firebreak-quarantine-new-{i}",
+                             {"matchLabels": {quarantine_label(f"new-{i}"): "true"}}))
+        else:
+            index.discard(f"firebreak-quarantine-{i}")
+    assert len(judged) <= 2 * PolicySet.FOLD_AT, len(judged)
+    added = sum(1 for i in range(PolicySet.FOLD_AT) if i % 3 == 1)
+    gone = sum(1 for i in range(PolicySet.FOLD_AT) if i % 3 == 2)
+    assert len(index) == 3000 + added - gone
+    assert index.tried() == [f"firebreak-quarantine-{i}" for i in range(0, PolicySet.FOLD_AT, 3)]
+    assert index.by_label()[quarantine_label("new-1")] == ["firebreak-quarantine-new-1"]
+    assert quarantine_label("0") not in index.by_label()
+    assert quarantine_label("2") not in index.by_label()
+    assert index.by_label()[quarantine_label("2999")] == ["firebreak-quarantine-2999"]
