@@ -957,6 +957,11 @@ class Bench:
             "cpu_window_s": round(last_policy - began, 2) if seen else None,
             "control_plane_cpu_seconds": {
                 k: round(cp[1].get(k, 0.0) - v, 2) for k, v in cp[0].items()},
+            # The operator's with its trailing work; the others' while containing.
+            "cpu_ms_per_incident_by_component": {
+                "operator": round(1000 * cpu_total / max(count, 1), 2),
+                **{k: round(1000 * (cp[1].get(k, 0.0) - v) / max(count, 1), 2)
+                   for k, v in cp[0].items()}},
             "api_requests": traffic,
             "api_requests_per_incident": round(sum(
                 r["requests"] for r in traffic if r["verb"] != "*") / max(count, 1), 2),
@@ -1126,6 +1131,7 @@ def print_report(results: dict[str, Any]) -> None:
         if s["post_errors"] or s["name_mismatches"] or not s["all_contained"]:
             print(f"{s['name']}: POST errors {s['post_errors']}, name mismatches "
                   f"{s['name_mismatches']}, policies seen {s['policies_seen']}/{s['alerts']}")
+        print(f"{s['name']}: CPU ms per incident {s['cpu_ms_per_incident_by_component']}")
         print(f"{s['name']}: incident phases {s['incident_phases']}; CPU s while containing "
               f"{s['control_plane_cpu_seconds']}, operator "
               f"{s['operator']['cpu_seconds_to_contain']} "
