@@ -915,6 +915,10 @@ class Bench:
         count = len(shots)
         cpu_total = cpu[2] - cpu[0]
         lag = [s.sent - s.scheduled for s in shots if not math.isnan(s.sent)]
+
+        def per_incident_ms(seconds: float) -> float:
+            return round(1000 * seconds / max(count, 1), 2)
+
         result: dict[str, Any] = {
             "name": name,
             "note": note,
@@ -942,8 +946,8 @@ class Bench:
                 "startup_s": round(started_in, 2),
                 "cpu_seconds_to_contain": round(cpu[1] - cpu[0], 2),
                 "cpu_seconds_total": round(cpu_total, 2),
-                "cpu_ms_per_incident": round(1000 * cpu_total / max(count, 1), 2),
-                "cpu_ms_per_incident_to_contain": round(1000 * (cpu[1] - cpu[0]) / max(count, 1), 2),
+                "cpu_ms_per_incident": per_incident_ms(cpu_total),
+                "cpu_ms_per_incident_to_contain": per_incident_ms(cpu[1] - cpu[0]),
                 "cpu_utilisation_while_containing": round(
                     (cpu[1] - cpu[0]) / max(last_policy - began, 1e-9), 2) if seen else None,
                 "trailing_work_s": quiet_after,
@@ -959,9 +963,8 @@ class Bench:
                 k: round(cp[1].get(k, 0.0) - v, 2) for k, v in cp[0].items()},
             # The operator's with its trailing work; the others' while containing.
             "cpu_ms_per_incident_by_component": {
-                "operator": round(1000 * cpu_total / max(count, 1), 2),
-                **{k: round(1000 * (cp[1].get(k, 0.0) - v) / max(count, 1), 2)
-                   for k, v in cp[0].items()}},
+                "operator": per_incident_ms(cpu_total),
+                **{k: per_incident_ms(cp[1].get(k, 0.0) - v) for k, v in cp[0].items()}},
             "api_requests": traffic,
             "api_requests_per_incident": round(sum(
                 r["requests"] for r in traffic if r["verb"] != "*") / max(count, 1), 2),

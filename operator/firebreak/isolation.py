@@ -152,11 +152,15 @@ class _Index:
         self.by_label: dict[str, tuple[Policy, ...]] = {}
         self.others: dict[str, Policy] = {}
         for name, policy in self.by_name.items():
-            label = _by_its_label(policy)
-            if label is None:
-                self.others[name] = policy
-            else:
-                self.by_label[label] = (*self.by_label.get(label, ()), policy)
+            self._sort_in(name, policy)
+
+    def _sort_in(self, name: str, policy: Policy) -> None:
+        """File a policy already in ``by_name`` under its label, or with the others."""
+        label = _by_its_label(policy)
+        if label is None:
+            self.others[name] = policy
+        else:
+            self.by_label[label] = (*self.by_label.get(label, ()), policy)
 
     def changed(self, changes: Mapping[str, Policy | None]) -> _Index:
         """A new index: this one with ``changes`` (by name, latest last; None: gone)
@@ -180,11 +184,7 @@ class _Index:
                         del new.by_label[label]
             if policy is not None:
                 new.by_name[name] = policy
-                label = _by_its_label(policy)
-                if label is None:
-                    new.others[name] = policy
-                else:
-                    new.by_label[label] = (*new.by_label.get(label, ()), policy)
+                new._sort_in(name, policy)
         return new
 
 
